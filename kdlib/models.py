@@ -1,0 +1,156 @@
+"""Teachers and students used by the course.
+
+Two families, both plain ``nn.Sequential`` models with named children so that later lessons
+can address layers by name (``"fc1"``, ``"stage2"``) for feature taps and pruning:
+
+* :func:`mlp` builds a multilayer perceptron from a list of hidden widths. Presets:
+  Hinton et al.'s 1200-1200 teacher and 800-800 student, LeNet-300-100, and a tiny 32-unit
+  student.
+* :func:`cnn` builds a small convolutional net in stages (conv → batch norm → ReLU → max-pool),
+  then a classifier head. Presets: a CNN teacher and two thin CNN students.
+
+:func:`model` builds a preset by name; :func:`presets` lists them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["mlp", "cnn", "model", "presets", "PRESETS"]
+
+
+def mlp(
+    in_features: int,
+    hidden: Sequence[int],
+    out_features: int,
+    *,
+    dropout: float = 0.0,
+) -> nn.Sequential:
+    """A multilayer perceptron: flatten, then ``Linear → ReLU`` per hidden width, then a head.
+
+    Layers are named ``flatten, fc1, act1, [drop1,] fc2, act2, ..., fcK`` where ``fcK`` is the
+    output layer.
+
+    Args:
+        in_features: inputs per example after flattening (784 for 28×28 digits).
+        hidden: hidden widths, e.g. ``[800, 800]``; may be empty (a linear classifier).
+        out_features: number of classes.
+        dropout: dropout probability after each hidden activation (0 = none).
+
+    Shape:
+        input ``(N, *)`` with ``prod(*) == in_features``; output ``(N, out_features)`` logits.
+
+    Example:
+        >>> net = mlp(784, [800, 800], 10)
+        >>> net(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    if in_features <= 0 or out_features <= 0 or any(w <= 0 for w in hidden):
+        raise ValueError(
+            f"layer widths must be positive, got in={in_features}, hidden={list(hidden)}, "
+            f"out={out_features}"
+        )
+    layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+    width = in_features
+    for i, w in enumerate(hidden, start=1):
+        layers[f"fc{i}"] = nn.Linear(width, w)
+        layers[f"act{i}"] = nn.ReLU()
+        if dropout > 0:
+            layers[f"drop{i}"] = nn.Dropout(dropout)
+        width = w
+    layers[f"fc{len(hidden) + 1}"] = nn.Linear(width, out_features)
+    return nn.Sequential(layers)
+
+
+def cnn(
+    channels: Sequence[int],
+    num_classes: int = 10,
+    *,
+    input_shape: Sequence[int] = (1, 28, 28),
+    hidden: int | None = None,
+) -> nn.Sequential:
+    """A small CNN in named stages, then a classifier head.
+
+    Each stage ``stageK`` is ``Conv2d(3×3, padding 1) → BatchNorm2d → ReLU → MaxPool2d(2)``, so
+    it halves height and width. The head is ``Flatten → [Linear → ReLU →] Linear``.
+
+    Args:
+        channels: output channels of each stage, e.g. ``(16, 32)``.
+        num_classes: number of output logits.
+        input_shape: ``(C, H, W)`` of one example.
+        hidden: width of an optional hidden layer in the head.
+
+    Shape:
+        input ``(N, C, H, W)``; output ``(N, num_classes)``. After ``stageK`` a feature map is
+        ``(N, channels[K-1], H / 2^K, W / 2^K)``.
+    """
+    c, h, w = input_shape
+    stages: OrderedDict[str, nn.Module] = OrderedDict()
+    for k, out_c in enumerate(channels, start=1):
+        stages[f"stage{k}"] = nn.Sequential(
+            OrderedDict(
+                conv=nn.Conv2d(c, out_c, kernel_size=3, padding=1),
+                bn=nn.BatchNorm2d(out_c),
+                act=nn.ReLU(),
+                pool=nn.MaxPool2d(2),
+            )
+        )
+        c, h, w = out_c, h // 2, w // 2
+    head: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+    if hidden:
+        head["fc1"] = nn.Linear(c * h * w, hidden)
+        head["act1"] = nn.ReLU()
+        head["fc2"] = nn.Linear(hidden, num_classes)
+    else:
+        head["fc1"] = nn.Linear(c * h * w, num_classes)
+    stages["head"] = nn.Sequential(head)
+    return nn.Sequential(stages)
+
+
+# name -> (builder, keyword arguments, one line for learners)
+PRESETS: dict[str, tuple[str, dict, str]] = {
+    "hinton-teacher": ("mlp", {"hidden": [1200, 1200], "dropout": 0.2}, "Hinton's 1200-1200 MLP"),
+    "hinton-student": ("mlp", {"hidden": [800, 800]}, "Hinton's 800-800 MLP student"),
+    "lenet-300-100": ("mlp", {"hidden": [300, 100]}, "LeNet-300-100 (Han et al.'s pruning MLP)"),
+    "tiny": ("mlp", {"hidden": [32]}, "a tiny 32-unit MLP"),
+    "cnn-teacher": ("cnn", {"channels": (16, 32), "hidden": 64}, "the course's CNN teacher"),
+    "cnn-student": ("cnn", {"channels": (8, 16)}, "a thin CNN student"),
+    "cnn-thin": ("cnn", {"channels": (4, 8)}, "a very thin CNN student"),
+}
+
+
+def presets() -> dict[str, str]:
+    """Preset names with a one-line description each."""
+    return {name: desc for name, (_, _, desc) in PRESETS.items()}
+
+
+def model(
+    name: str,
+    *,
+    input_shape: Sequence[int] = (1, 28, 28),
+    num_classes: int = 10,
+    seed: int | None = None,
+) -> nn.Sequential:
+    """Build a preset model by name, e.g. ``model("hinton-student")``.
+
+    Args:
+        name: a key of :func:`presets`.
+        input_shape: ``(C, H, W)`` of one example (``data.input_shape``).
+        num_classes: number of output logits (``data.num_classes``).
+        seed: if given, the initial weights are drawn from this seed (same model every time).
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
+    kind, kwargs, _ = PRESETS[name]
+    if seed is not None:
+        torch.manual_seed(seed)
+    if kind == "mlp":
+        in_features = 1
+        for d in input_shape:
+            in_features *= d
+        return mlp(in_features, kwargs["hidden"], num_classes, dropout=kwargs.get("dropout", 0))
+    return cnn(num_classes=num_classes, input_shape=input_shape, **kwargs)
