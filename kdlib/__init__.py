@@ -7,6 +7,19 @@ One topic per module: ``data``, ``models``, ``train``, ``metrics`` (and, as the 
 
 from . import viz
 from .data import Dataset, DownloadError, batches, known_datasets, load
+from .distill import LOSS_NAMES, DistillBatch, distill, frozen
+from .losses import (
+    KDLoss,
+    MSEKDLoss,
+    MSELogitLoss,
+    SoftTargetCELoss,
+    SoftTargetKLLoss,
+    kd_loss,
+    mse_kd_loss,
+    mse_logits,
+    soft_target_ce,
+    soft_target_kl,
+)
 from .metrics import accuracy, agreement, count_params, latency, macs, mean_kl, size_bytes
 from .models import cnn, mlp, model, presets
 from .recipes import RECIPES, Recipe, train_preset, trained_teacher
@@ -47,4 +60,20 @@ __all__ = [
     "macs",
     "mean_kl",
     "size_bytes",
+    # losses (logit losses)
+    "KDLoss",
+    "MSEKDLoss",
+    "MSELogitLoss",
+    "SoftTargetCELoss",
+    "SoftTargetKLLoss",
+    "kd_loss",
+    "mse_kd_loss",
+    "mse_logits",
+    "soft_target_ce",
+    "soft_target_kl",
+    # distill
+    "LOSS_NAMES",
+    "DistillBatch",
+    "distill",
+    "frozen",
 ]
