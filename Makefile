@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (kdlib course)"
 	touch $(STAMP)
 
+# Extra JupyterLab flags, e.g. LAB_FLAGS="--no-browser --port 8890" (tests use this).
+LAB_FLAGS ?=
+
 lab: setup
-	$(VENV)/bin/jupyter lab --allow-root notebooks/00_setup_and_data.ipynb
+	$(VENV)/bin/jupyter lab --allow-root --ServerApp.root_dir="$(CURDIR)" $(LAB_FLAGS) notebooks/00_setup_and_data.ipynb
 
 test: setup
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import importlib.util
 import os
 import struct
@@ -358,7 +359,7 @@ def _fetch(filename: str, sha256: str, folder: Path, base_urls: list[str], name:
                 )
             os.replace(tmp, dest)
             return dest
-        except (urllib.error.URLError, OSError, DownloadError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, DownloadError) as e:
             errors.append(f"{url}: {e}")
         finally:
             tmp.unlink(missing_ok=True)
@@ -381,4 +382,4 @@ def _read_idx(path: Path) -> np.ndarray:
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
         raise DownloadError(f"{path}: expected {int(np.prod(dims))} values, found {data.size}")
-    return data.reshape(dims)
+    return data.reshape(dims).copy()  # frombuffer is read-only; torch wants writable

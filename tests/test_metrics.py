@@ -1,0 +1,79 @@
+"""kdlib.metrics against hand-computed values and PyTorch built-ins."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torch.nn.utils.prune as torch_prune
+from torch import nn
+
+import kdlib
+
+
+def test_accuracy_agreement_by_hand():
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([0, 1, 1, 1])
+    assert kdlib.accuracy(logits, y) == 0.75
+    other = torch.tensor([[0.0, 1.0], [0.0, 3.0], [1.0, 0.0], [2.0, 1.0]])
+    assert kdlib.agreement(logits, other) == 0.5
+
+
+def test_accuracy_on_model():
+    net = nn.Linear(3, 2)
+    X, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    expected = (net(X).argmax(1) == y).float().mean().item()
+    assert kdlib.accuracy(net, X, y) == pytest.approx(expected)
+
+
+def test_mean_kl_equals_builtin():
+    s, t = torch.randn(6, 5), torch.randn(6, 5)
+    for T in (1.0, 4.0):
+        p_t = F.softmax(t / T, 1)
+        expected = (p_t * (p_t.log() - F.log_softmax(s / T, 1))).sum(1).mean()
+        assert kdlib.mean_kl(s, t, T=T) == pytest.approx(expected.item(), rel=1e-5)
+    assert kdlib.mean_kl(t, t) == pytest.approx(0, abs=1e-7)
+    with pytest.raises(ValueError, match="T must be > 0"):
+        kdlib.mean_kl(s, t, T=0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        kdlib.agreement(s, t[:, :4])
+
+
+def test_count_params_and_size_dense():
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert kdlib.count_params(net) == 4 * 3 + 3 + 3 * 2 + 2
+    assert kdlib.size_bytes(net) == 4 * (4 * 3 + 3 + 3 * 2 + 2)
+
+
+def test_pruned_model_is_measured_on_effective_weights():
+    lin = nn.Linear(10, 4)
+    torch_prune.l1_unstructured(lin, "weight", amount=30)
+    net = nn.Sequential(lin)
+    assert kdlib.count_params(net) == 44  # not 84: weight_orig and weight_mask are bookkeeping
+    assert kdlib.count_params(net, nonzero=True) == 44 - 30
+    # CSR: 10 nonzeros · (4 value + 4 index) bytes + (4 rows + 1) · 4 pointer bytes; bias dense.
+    assert kdlib.size_bytes(net, sparse=True) == 10 * 8 + 5 * 4 + 4 * 4
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_csr_size_matches_torch_csr():
+    w = torch.randn(6, 8)
+    w[w.abs() < 0.8] = 0
+    lin = nn.Linear(8, 6, bias=False)
+    lin.weight.data = w
+    csr = w.to_sparse_csr()
+    expected = (
+        csr.values().numel() * 4 + csr.col_indices().numel() * 4 + csr.crow_indices().numel() * 4
+    )
+    assert kdlib.size_bytes(nn.Sequential(lin), sparse=True) == expected
+
+
+def test_macs_by_hand():
+    net = kdlib.mlp(784, [300, 100], 10)
+    assert kdlib.macs(net) == 784 * 300 + 300 * 100 + 100 * 10
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1))
+    assert kdlib.macs(conv, (1, 8, 8)) == 8 * 8 * 4 * 9
+
+
+def test_latency_is_positive_and_restores_mode():
+    net = kdlib.model("tiny").train()
+    t = kdlib.latency(net, batch_size=8, min_run_time=0.01)
+    assert t > 0 and net.training

@@ -1,0 +1,153 @@
+"""kdlib.train: the loop matches a hand-written one, histories, devices, bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kdlib
+from kdlib.train import History
+
+
+@pytest.fixture(scope="module")
+def small():
+    return kdlib.load("mnist-5k").subset(512, 256)
+
+
+def test_fit_equals_hand_written_loop(small):
+    """Same seed, same batches, same optimizer: identical weights after training."""
+    net_a = kdlib.model("tiny", seed=0)
+    kdlib.fit(net_a, small, epochs=2, lr=1e-2, batch_size=64, seed=5, progress=False)
+
+    net_b = kdlib.model("tiny", seed=0)
+    opt = torch.optim.Adam(net_b.parameters(), lr=1e-2)
+    g = kdlib.seed_everything(5)
+    for _ in range(2):
+        net_b.train()
+        for X, y, _ in kdlib.batches(small.X_train, small.y_train, 64, generator=g):
+            loss = F.cross_entropy(net_b(X), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for p, q in zip(net_a.parameters(), net_b.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_fit_learns_and_records_history(small):
+    net = kdlib.model("tiny", seed=0)
+    before = kdlib.evaluate(net, small)["accuracy"]
+    hist = kdlib.fit(net, small, epochs=3, lr=1e-2, seed=0, progress=False)
+    assert isinstance(hist, History) and hist.epochs == 3 and hist.stop_reason == "max_epochs"
+    assert hist["epoch"] == [1, 2, 3]
+    assert hist.last("test_acc") > max(before, 0.6)
+    assert hist["loss"][-1] < hist["loss"][0]
+    assert hist.last("test_acc") == pytest.approx(kdlib.evaluate(net, small)["accuracy"])
+    assert not net.training  # left in eval mode
+
+
+def test_evaluate_matches_manual_accuracy(small):
+    net = kdlib.model("tiny", seed=0)
+    logits = net.eval()(small.X_test)
+    expected = (logits.argmax(1) == small.y_test).float().mean().item()
+    result = kdlib.evaluate(net, small)
+    assert result["accuracy"] == pytest.approx(expected)
+    assert result["loss"] == pytest.approx(F.cross_entropy(logits, small.y_test).item(), rel=1e-5)
+
+
+def test_predict_restores_mode_and_needs_no_grad(small):
+    net = kdlib.model("hinton-teacher", seed=0).train()  # has dropout
+    out1, out2 = kdlib.predict(net, small.X_test), kdlib.predict(net, small.X_test)
+    assert torch.equal(out1, out2)  # eval mode: dropout off
+    assert net.training and not out1.requires_grad
+
+
+def test_callbacks_stop_and_metrics(small):
+    net = kdlib.model("tiny", seed=0)
+    stop = lambda model, history: "enough" if history.epochs == 2 else None  # noqa: E731
+    hist = kdlib.fit(
+        net, small, epochs=5, lr=1e-2, progress=False, callbacks=[stop],
+        metrics=lambda m: {"n_params": kdlib.count_params(m)},
+    )  # fmt: skip
+    assert hist.epochs == 2 and hist.stop_reason == "enough"
+    assert hist["n_params"] == [kdlib.count_params(net)] * 2
+
+
+def test_custom_loss_gets_indices(small):
+    seen = []
+
+    def loss_fn(model, X, y, idx):
+        seen.append(idx)
+        assert torch.equal(small.y_train[idx], y)
+        return F.cross_entropy(model(X), y)
+
+    kdlib.fit(kdlib.model("tiny"), small, epochs=1, lr=1e-3, loss_fn=loss_fn, progress=False)
+    assert sorted(torch.cat(seen).tolist()) == list(range(len(small.X_train)))
+
+
+def test_cosine_schedule_ends_near_zero(small):
+    net = kdlib.model("tiny", seed=0)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    kdlib.fit(net, small, epochs=2, lr=1e-2, optimizer=opt, schedule="cosine", progress=False)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0, abs=1e-9)
+
+
+def test_seed_everything_repeats():
+    kdlib.seed_everything(3)
+    a = torch.rand(3)
+    kdlib.seed_everything(3)
+    assert torch.equal(a, torch.rand(3))
+
+
+def test_get_device_override(monkeypatch):
+    assert kdlib.get_device("cpu").type == "cpu"
+    monkeypatch.setenv("KDLIB_DEVICE", "cpu")
+    assert kdlib.get_device().type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            kdlib.get_device("cuda")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epochs": 0}, "epochs must be a positive integer"),
+        ({"epochs": -2}, "epochs must be a positive integer"),
+        ({"epochs": 1.5}, "epochs must be a positive integer"),
+        ({"lr": 0}, "lr must be a positive number"),
+        ({"lr": -1e-3}, "lr must be a positive number"),
+        ({"schedule": "step"}, "schedule must be"),
+        ({"optimizer": "lion"}, "unknown optimizer 'lion'"),
+    ],
+)
+def test_fit_bad_arguments(small, kwargs, message):
+    args = {"epochs": 1, "lr": 1e-3, "progress": False, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        kdlib.fit(kdlib.model("tiny"), small, **args)
+
+
+def test_fit_refuses_wrong_output_size(small):
+    net = kdlib.mlp(784, [16], 7)
+    with pytest.raises(ValueError, match=r"outputs shape \(2, 7\).*10 classes"):
+        kdlib.fit(net, small, epochs=1, lr=1e-3, progress=False)
+
+
+def test_trained_teacher_is_cached(small, tmp_path, monkeypatch):
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path))
+    monkeypatch.setitem(kdlib.RECIPES, "cnn-thin", kdlib.Recipe(epochs=1, lr=3e-3))
+    a = kdlib.trained_teacher(small, preset="cnn-thin", progress=False)
+    assert len(list((tmp_path / "teachers").glob("*.pt"))) == 1
+    b = kdlib.trained_teacher(small, preset="cnn-thin", progress=False)
+    assert torch.equal(kdlib.predict(a, small.X_test), kdlib.predict(b, small.X_test))
+    assert b.history.last("test_acc") == a.history.last("test_acc")
+    with pytest.raises(ValueError, match="no recipe for preset 'nope'"):
+        kdlib.trained_teacher(small, preset="nope")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_on_cuda_matches_cpu(small):
+    cpu = kdlib.model("tiny", seed=0)
+    gpu = kdlib.model("tiny", seed=0)
+    kdlib.fit(cpu, small, epochs=1, lr=1e-3, seed=0, device="cpu", progress=False)
+    kdlib.fit(gpu, small, epochs=1, lr=1e-3, seed=0, device="cuda", progress=False)
+    for p, q in zip(cpu.parameters(), gpu.parameters(), strict=True):
+        torch.testing.assert_close(p, q.cpu(), atol=1e-4, rtol=1e-3)
