@@ -1,0 +1,1 @@
+"""Speed and result benchmarks (`make bench`); they print ratios and never assert on time."""
