@@ -5,7 +5,7 @@ One topic per module: ``data``, ``models``, ``train``, ``metrics`` (and, as the 
 ``grade``). What the notebooks use is re-exported here.
 """
 
-from . import viz
+from . import parallel, viz
 from .data import Dataset, DownloadError, batches, known_datasets, load
 from .distill import LOSS_NAMES, DistillBatch, distill, frozen
 from .losses import (
@@ -28,6 +28,7 @@ from .train import History, evaluate, fit, get_device, predict, seed_everything
 __version__ = "0.1.0"
 
 __all__ = [
+    "parallel",
     "viz",
     # data
     "Dataset",

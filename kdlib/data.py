@@ -218,6 +218,8 @@ def batches(
     shuffle: bool = True,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(X_batch, y_batch, idx)`` from in-memory tensors.
 
@@ -225,14 +227,35 @@ def batches(
     ``idx`` holds the batch's row indices into ``X``; the distillation loop uses it to look
     up cached teacher logits.
 
+    With ``world_size > 1`` (data parallelism, one call per process), ``batch_size`` is the
+    *global* batch: every rank draws the same permutation (give each a generator with the same
+    seed) and keeps its contiguous share of each global batch, so the ranks' shares add up to
+    exactly the batch a single process would see, and ``idx`` still indexes all of ``X``. A
+    last global batch smaller than ``world_size`` is topped up from the start of the
+    permutation, so that every rank takes the same number of steps.
+
+    Args:
+        rank: this process's rank, in ``[0, world_size)``.
+        world_size: number of processes sharing each global batch (``≤ batch_size``).
+
     Shape:
-        X: ``(N, *)``; y: ``(N,)``; yields ``(B, *)``, ``(B,)``, ``(B,)`` with ``B ≤ batch_size``.
+        X: ``(N, *)``; y: ``(N,)``; yields ``(B, *)``, ``(B,)``, ``(B,)`` with ``B ≤ batch_size``
+        (``B ≤ ceil(batch_size / world_size)`` per rank).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if len(X) != len(y):
         raise ValueError(f"X and y have different lengths: {len(X)} vs {len(y)}")
     n = len(X)
+    if not 0 <= rank < world_size:
+        raise ValueError(
+            f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}"
+        )
+    if world_size > 1 and world_size > min(batch_size, n):
+        raise ValueError(
+            f"world_size={world_size} processes cannot share a global batch_size={batch_size} "
+            f"of {n} examples: every process needs at least one example per step"
+        )
     if shuffle:
         if generator is not None and generator.device != X.device:
             # A CPU generator drives the permutation; move it once, not the data.
@@ -244,6 +267,11 @@ def batches(
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
+        if world_size > 1:
+            if len(idx) < world_size:
+                idx = torch.cat([idx, order[: world_size - len(idx)]])
+            B = len(idx)  # global batch; this rank keeps rows [B·rank/W, B·(rank+1)/W)
+            idx = idx[B * rank // world_size : B * (rank + 1) // world_size]
         yield X[idx], y[idx], idx
 
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from . import parallel
 from .data import Dataset, cache_dir
 from .models import model as build_model
 from .train import History, fit
@@ -125,7 +126,11 @@ def trained_teacher(
         )
     folder = cache_dir() / "teachers"
     path = folder / (_cache_key(preset, data, seed, recipe) + ".pt")
-    if cache and path.exists():
+    hit = cache and path.exists()
+    if parallel.is_distributed():
+        # Under torchrun all ranks train together (DDP), so they must agree to load or train.
+        hit = parallel._all_reduce([float(hit)])[0] == parallel.world_size()
+    if hit:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         net = build_model(preset, input_shape=data.input_shape, num_classes=data.num_classes)
         net.load_state_dict(saved["state_dict"])
@@ -134,7 +139,7 @@ def trained_teacher(
         return net.eval()
     net, hist = train_preset(preset, data, seed, device=device, progress=progress)
     net.history = hist
-    if cache:
+    if cache and parallel.is_main():  # one writer per cache, even under torchrun
         try:
             folder.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
