@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import losses as L
@@ -26,7 +27,7 @@ from .data import Dataset
 from .metrics import agreement, mean_kl
 from .train import History, fit, get_device, predict
 
-__all__ = ["distill", "frozen", "DistillBatch", "LOSS_NAMES", "resolve_loss"]
+__all__ = ["distill", "frozen", "DistillBatch", "LOSS_NAMES", "resolve_loss", "random_shift"]
 
 # name -> (what it computes, for the history and error messages)
 LOSS_NAMES: dict[str, str] = {
@@ -118,11 +119,48 @@ def resolve_loss(
     if loss == "mse+ce":
         return lambda s, t, y: L.mse_kd_loss(s, t, y, lam)
     if loss == "ce":
-        return lambda s, t, y: torch.nn.functional.cross_entropy(s, y)
+        return lambda s, t, y: F.cross_entropy(s, y)
     raise ValueError(
         f"unknown loss {loss!r}; use one of {', '.join(map(repr, LOSS_NAMES))}, a callable "
         "(student_logits, teacher_logits, y) -> scalar, or None with an extra_loss"
     )
+
+
+def random_shift(max_shift: int = 2) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An ``augment`` that moves each image by a random whole number of pixels.
+
+    Every image in a batch gets its own shift ``(dx, dy)``, each uniform in
+    ``[-max_shift, max_shift]``; pixels that come in from outside repeat the border (the
+    background, for digits). In distillation this turns the fixed training set into a larger
+    *transfer set*: the teacher labels every shifted image with its soft targets, so the student
+    sees more of the teacher's "dark knowledge" than the 4,000 originals hold. It needs the
+    teacher to run on every batch (``cache_teacher_logits=False``, chosen automatically).
+    Draws come from PyTorch's global generator, which ``fit(seed=...)`` seeds.
+
+    Shape:
+        X: ``(N, C, H, W)``; output: the same shape.
+
+    Example:
+        >>> hist = distill(student, teacher, data, "kd", augment=random_shift(2))
+        >>> hist.info["teacher_logits"]
+        'per-batch'
+    """
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+        raise ValueError(f"max_shift must be a whole number of pixels >= 0, got {max_shift!r}")
+
+    def shift(X: torch.Tensor) -> torch.Tensor:
+        if X.ndim != 4:
+            raise ValueError(f"random_shift needs images (N, C, H, W), got {tuple(X.shape)}")
+        N, _, H, W = X.shape  # batch, channels, height, width
+        d = torch.randint(-max_shift, max_shift + 1, (N, 2)).to(X.device, X.dtype)
+        theta = torch.zeros(N, 2, 3, device=X.device, dtype=X.dtype)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+        # affine_grid works in [-1, 1] coordinates: one pixel is 2 / width
+        theta[:, 0, 2], theta[:, 1, 2] = 2 * d[:, 0] / W, 2 * d[:, 1] / H
+        grid = F.affine_grid(theta, list(X.shape), align_corners=False)
+        return F.grid_sample(X, grid, mode="nearest", padding_mode="border", align_corners=False)
+
+    return shift
 
 
 def _device_of(module: nn.Module) -> torch.device | None:
