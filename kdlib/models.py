@@ -120,6 +120,18 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
     "cnn-teacher": ("cnn", {"channels": (16, 32), "hidden": 64}, "the course's CNN teacher"),
     "cnn-student": ("cnn", {"channels": (8, 16)}, "a thin CNN student"),
     "cnn-thin": ("cnn", {"channels": (4, 8)}, "a very thin CNN student"),
+    # CIFAR-10 (3×32×32): a teacher sized for one GPU (1.4 M parameters, ~40 M MACs per
+    # image) and a student about 40× smaller.
+    "cifar-teacher": (
+        "cnn",
+        {"channels": (64, 128, 256), "hidden": 256, "input_shape": (3, 32, 32)},
+        "CNN teacher for CIFAR-10",
+    ),
+    "cifar-student": (
+        "cnn",
+        {"channels": (16, 32, 64), "input_shape": (3, 32, 32)},
+        "thin CNN student for CIFAR-10",
+    ),
 }
 
 
@@ -131,7 +143,7 @@ def presets() -> dict[str, str]:
 def model(
     name: str,
     *,
-    input_shape: Sequence[int] = (1, 28, 28),
+    input_shape: Sequence[int] | None = None,
     num_classes: int = 10,
     seed: int | None = None,
 ) -> nn.Sequential:
@@ -139,13 +151,17 @@ def model(
 
     Args:
         name: a key of :func:`presets`.
-        input_shape: ``(C, H, W)`` of one example (``data.input_shape``).
+        input_shape: ``(C, H, W)`` of one example (``data.input_shape``); default the
+            preset's own: ``(3, 32, 32)`` for the ``cifar-`` presets, else ``(1, 28, 28)``.
         num_classes: number of output logits (``data.num_classes``).
         seed: if given, the initial weights are drawn from this seed (same model every time).
     """
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
     kind, kwargs, _ = PRESETS[name]
+    kwargs = dict(kwargs)
+    preset_shape = kwargs.pop("input_shape", (1, 28, 28))
+    input_shape = preset_shape if input_shape is None else input_shape
     if seed is not None:
         torch.manual_seed(seed)
     if kind == "mlp":

@@ -43,6 +43,9 @@ RECIPES: dict[str, Recipe] = {
     "tiny": Recipe(epochs=20, lr=3e-3),
     "cnn-student": Recipe(epochs=10, lr=3e-3),
     "cnn-thin": Recipe(epochs=10, lr=3e-3),
+    # CIFAR-10 on a GPU (not tuned: no augmentation, so the teacher overfits after ~15 epochs)
+    "cifar-teacher": Recipe(epochs=15, lr=1e-3, batch_size=256, weight_decay=5e-4),
+    "cifar-student": Recipe(epochs=15, lr=3e-3, batch_size=256),
 }
 
 
