@@ -20,8 +20,37 @@ from .losses import (
     soft_target_ce,
     soft_target_kl,
 )
-from .metrics import accuracy, agreement, count_params, latency, macs, mean_kl, size_bytes
+from .metrics import (
+    accuracy,
+    agreement,
+    compare_latency,
+    count_params,
+    latency,
+    macs,
+    mean_kl,
+    size_bytes,
+)
 from .models import cnn, mlp, model, presets
+from .prune import (
+    AGPSchedule,
+    Sensitivity,
+    SparsityReport,
+    SparsitySweep,
+    agp_schedule,
+    iterative_prune,
+    load_pruned,
+    magnitude_prune,
+    make_permanent,
+    prunable_layers,
+    prune_to_sparsity,
+    save_pruned,
+    sensitivity_scan,
+    shrink,
+    sparsity_report,
+    sparsity_sweep,
+    structured_prune,
+    unit_norms,
+)
 from .recipes import RECIPES, Recipe, train_preset, trained_teacher
 from .train import History, evaluate, fit, get_device, predict, seed_everything
 
@@ -56,11 +85,31 @@ __all__ = [
     # metrics
     "accuracy",
     "agreement",
+    "compare_latency",
     "count_params",
     "latency",
     "macs",
     "mean_kl",
     "size_bytes",
+    # prune
+    "AGPSchedule",
+    "Sensitivity",
+    "SparsityReport",
+    "SparsitySweep",
+    "agp_schedule",
+    "iterative_prune",
+    "load_pruned",
+    "magnitude_prune",
+    "make_permanent",
+    "prunable_layers",
+    "prune_to_sparsity",
+    "save_pruned",
+    "sensitivity_scan",
+    "shrink",
+    "sparsity_report",
+    "sparsity_sweep",
+    "structured_prune",
+    "unit_norms",
     # losses (logit losses)
     "KDLoss",
     "MSEKDLoss",

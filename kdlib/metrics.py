@@ -4,12 +4,14 @@ Quality: :func:`accuracy`, :func:`agreement` (top-1 agreement between two models
 :func:`mean_kl` (mean KL divergence from one model's predictions to another's).
 Cost: :func:`count_params` (all or nonzero), :func:`size_bytes` (dense, or what a CSR copy of
 each weight matrix would take), :func:`latency` (warm-up, then the median of repeated timings,
-with ``torch.utils.benchmark.Timer``) and :func:`macs` (multiply–accumulates counted by
+with ``torch.utils.benchmark.Timer``; :func:`compare_latency` times several models in turns)
+and :func:`macs` (multiply–accumulates counted by
 ``torch.utils.flop_counter.FlopCounterMode``).
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 import torch
@@ -18,7 +20,16 @@ from torch import nn
 
 from .train import predict
 
-__all__ = ["accuracy", "agreement", "mean_kl", "count_params", "size_bytes", "latency", "macs"]
+__all__ = [
+    "accuracy",
+    "agreement",
+    "mean_kl",
+    "count_params",
+    "size_bytes",
+    "latency",
+    "compare_latency",
+    "macs",
+]
 
 
 def _logits(model_or_logits, X: torch.Tensor | None) -> torch.Tensor:
@@ -157,6 +168,34 @@ def latency(
     finally:
         model.train(was_training)
     return float(m.median)
+
+
+def compare_latency(
+    models: dict[str, nn.Module],
+    input_shape: Sequence[int] = (1, 28, 28),
+    batch_size: int = 256,
+    *,
+    rounds: int = 5,
+    min_run_time: float = 0.1,
+) -> dict[str, float]:
+    """Median :func:`latency` of several models, measured in turns (A, B, C, A, B, C, ...).
+
+    Taking turns spreads machine noise (other processes, clock changes) over every model
+    alike, so the ratios between the returned medians are fairer than separate runs.
+
+    Returns:
+        ``{name: median seconds per forward pass at batch_size}``.
+    """
+    if not models:
+        raise ValueError("compare_latency needs at least one model")
+    if not isinstance(rounds, int) or rounds <= 0:
+        raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            t = latency(model, input_shape, batch_size, min_run_time=min_run_time)
+            times[name].append(t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def macs(model: nn.Module, input_shape: Sequence[int] = (1, 28, 28)) -> int:
