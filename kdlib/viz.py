@@ -9,7 +9,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import torch
 
-__all__ = ["sample_grid"]
+__all__ = ["cost_bars", "size_accuracy", "sample_grid"]
 
 
 def sample_grid(data, n_per_class: int = 8, split: str = "train", title: str | None = None):
@@ -35,3 +35,41 @@ def sample_grid(data, n_per_class: int = 8, split: str = "train", title: str | N
     fig.suptitle(title or f"{data.name}: {n_per_class} {split} examples per class", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def cost_bars(rows: list[dict], keys=("parameters", "MACs", "latency_ms"), log: bool = True):
+    """One bar chart per cost (``rows`` are dicts with ``"name"`` and each key).
+
+    Log scale by default: the models differ by orders of magnitude.
+
+    Returns:
+        The matplotlib ``Figure``.
+    """
+    names = [r["name"] for r in rows]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2))
+    for ax, key in zip(axes if len(keys) > 1 else [axes], keys, strict=True):
+        ax.bar(names, [r[key] for r in rows], color="tab:blue")
+        ax.set_title(key)
+        if log:
+            ax.set_yscale("log")
+        ax.tick_params(axis="x", rotation=60, labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def size_accuracy(rows: list[dict], x: str = "parameters", y: str = "accuracy", ax=None):
+    """Accuracy against size, one labelled point per row (``"name"``, ``x``, ``y`` keys).
+
+    Returns:
+        The matplotlib ``Axes``.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    for r in rows:
+        ax.scatter(r[x], r[y], s=30)
+        ax.annotate(r["name"], (r[x], r[y]), fontsize=8, xytext=(4, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{x} (log scale)")
+    ax.set_ylabel(y)
+    ax.grid(alpha=0.3)
+    return ax
