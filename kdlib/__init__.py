@@ -8,12 +8,20 @@ One topic per module: ``data``, ``models``, ``train``, ``metrics`` (and, as the 
 from . import parallel, viz
 from .data import Dataset, DownloadError, batches, known_datasets, load
 from .distill import LOSS_NAMES, DistillBatch, distill, frozen
+from .features import FeatureCapture, distill_features, get_features, layer_names, projector
 from .losses import (
+    AttentionTransferLoss,
+    CosineFeatureLoss,
+    HintLoss,
     KDLoss,
     MSEKDLoss,
     MSELogitLoss,
     SoftTargetCELoss,
     SoftTargetKLLoss,
+    attention_map,
+    attention_transfer_loss,
+    cosine_feature_loss,
+    hint_loss,
     kd_loss,
     mse_kd_loss,
     mse_logits,
@@ -126,4 +134,17 @@ __all__ = [
     "DistillBatch",
     "distill",
     "frozen",
+    # features (feature distillation) and the feature losses
+    "FeatureCapture",
+    "distill_features",
+    "get_features",
+    "layer_names",
+    "projector",
+    "AttentionTransferLoss",
+    "CosineFeatureLoss",
+    "HintLoss",
+    "attention_map",
+    "attention_transfer_loss",
+    "cosine_feature_loss",
+    "hint_loss",
 ]
