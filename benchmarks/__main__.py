@@ -2,11 +2,12 @@
 
 import sys
 
-from . import presets, train_loop
+from . import kd_cache, presets, train_loop
 
 BENCHMARKS = {
     "fit": train_loop.main,
     "presets": presets.main,
+    "kd-cache": kd_cache.main,
 }
 
 
