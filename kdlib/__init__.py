@@ -8,7 +8,14 @@ One topic per module: ``data``, ``models``, ``train``, ``metrics`` (and, as the 
 from . import parallel, viz
 from .data import Dataset, DownloadError, batches, known_datasets, load
 from .distill import LOSS_NAMES, DistillBatch, distill, frozen
-from .features import FeatureCapture, distill_features, get_features, layer_names, projector
+from .features import (
+    FeatureCapture,
+    attention_maps,
+    distill_features,
+    get_features,
+    layer_names,
+    projector,
+)
 from .losses import (
     AttentionTransferLoss,
     CosineFeatureLoss,
@@ -136,6 +143,7 @@ __all__ = [
     "frozen",
     # features (feature distillation) and the feature losses
     "FeatureCapture",
+    "attention_maps",
     "distill_features",
     "get_features",
     "layer_names",

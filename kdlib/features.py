@@ -27,6 +27,7 @@ from .train import History, _eval_mode, get_device
 __all__ = [
     "FeatureCapture",
     "get_features",
+    "attention_maps",
     "projector",
     "layer_names",
     "distill_features",
@@ -211,6 +212,32 @@ def get_features(
             for name in cap.names:
                 chunks.setdefault(name, []).append(cap.features[name])
     return {name: torch.cat(parts) for name, parts in chunks.items()}
+
+
+def attention_maps(
+    model: nn.Module, X: torch.Tensor, layer: str, p: float = 2, batch_size: int = 1000
+) -> torch.Tensor:
+    """The spatial attention maps of ``model`` at ``layer`` for inputs ``X``, as images.
+
+    :func:`kdlib.losses.attention_map` of the layer's feature maps, reshaped to the layer's
+    height and width: each map is ``mean_c |F_c|^p`` scaled to unit length. Eval mode, no
+    autograd; :func:`kdlib.viz.attention_grid` draws them.
+
+    Shape:
+        X: ``(N, C, H, W)``; output ``(N, h, w)``, the layer's spatial size.
+
+    Example:
+        >>> attention_maps(teacher, data.X_test[:4], "stage2").shape
+        torch.Size([4, 7, 7])
+    """
+    f = get_features(model, X, [layer], batch_size)[layer]
+    if f.ndim != 4:
+        raise ValueError(
+            f"layer {layer!r} outputs shape {tuple(f.shape)}, not feature maps (N, C, H, W): "
+            "attention maps need a convolutional layer"
+        )
+    N, _, H, W = f.shape  # batch, channels, height, width
+    return L.attention_map(f, p).view(N, H, W)
 
 
 def _shape(shape, role: str) -> tuple[int, ...]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import torch
 
-__all__ = ["cost_bars", "size_accuracy", "sample_grid"]
+__all__ = ["cost_bars", "size_accuracy", "sample_grid", "attention_grid"]
 
 
 def sample_grid(data, n_per_class: int = 8, split: str = "train", title: str | None = None):
@@ -73,3 +73,46 @@ def size_accuracy(rows: list[dict], x: str = "parameters", y: str = "accuracy", 
     ax.set_ylabel(y)
     ax.grid(alpha=0.3)
     return ax
+
+
+def attention_grid(X, maps: dict, data=None, labels=None, title: str | None = None):
+    """Inputs and their attention maps side by side: one row per image, one column per map.
+
+    Args:
+        X: ``(N, C, H, W)`` images (normalised ones are shown as they are, or un-normalised
+            when ``data`` is given).
+        maps: ``{column title: (N, h, w) maps}``, e.g. ``{"teacher": ..., "student after":
+            ...}`` from :func:`kdlib.features.attention_maps`. Each panel has its own colour
+            scale (brighter = more activity there).
+        data: the :class:`~kdlib.data.Dataset` the images come from (for un-normalising).
+        labels: optional ``(N,)`` labels written at the left of each row.
+        title: the figure's title.
+
+    Returns:
+        The matplotlib ``Figure``.
+    """
+    if not maps:
+        raise ValueError("maps is empty: give at least one {title: (N, h, w) maps}")
+    n = len(X)
+    for name, m in maps.items():
+        if m.ndim != 3 or len(m) != n:
+            raise ValueError(f"maps[{name!r}] must have shape ({n}, h, w), got {tuple(m.shape)}")
+    images = X.detach().cpu()
+    images = data.unnormalize(images) if data is not None else images
+    cols = 1 + len(maps)
+    fig, axes = plt.subplots(n, cols, figsize=(1.5 * cols, 1.5 * n), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(images[i, 0].numpy(), cmap="gray_r")
+        if labels is not None:
+            axes[i, 0].set_ylabel(str(int(labels[i])), rotation=0, labelpad=10)
+        for j, m in enumerate(maps.values(), start=1):
+            axes[i, j].imshow(m[i].detach().cpu().numpy(), cmap="inferno")
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for j, name in enumerate(["input", *maps]):
+        axes[0, j].set_title(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -3,6 +3,7 @@
 import copy
 from collections import OrderedDict
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 from torch import nn
@@ -10,6 +11,7 @@ from torch import nn
 import kdlib
 from kdlib.features import (
     FeatureCapture,
+    attention_maps,
     distill_features,
     get_features,
     layer_names,
@@ -148,6 +150,32 @@ def test_get_features_restores_the_mode_and_detaches(net, small):
     assert n_hooks(net) == 0
     net.eval()
     torch.testing.assert_close(feats["stage1"], net.stage1(small.X_test[:10]))
+
+
+def test_attention_maps_are_the_normalised_channel_mean_of_squares(net, small):
+    X = small.X_test[:5]
+    maps = attention_maps(net, X, "stage2")
+    net.eval()
+    f = net.stage2(net.stage1(X))  # (5, 8, 7, 7)
+    v = f.pow(2).mean(1)  # (5, 7, 7)
+    by_hand = v / v.flatten(1).norm(dim=1).view(5, 1, 1)
+    torch.testing.assert_close(maps, by_hand)
+    with pytest.raises(ValueError, match="not feature maps"):
+        attention_maps(net, X, "head.fc1")
+
+
+def test_attention_grid_draws_one_row_per_image_and_one_column_per_map(net, small):
+    X, y = small.X_test[:3], small.y_test[:3]
+    maps = {"before": attention_maps(net, X, "stage2"), "stage1": attention_maps(net, X, "stage1")}
+    fig = kdlib.viz.attention_grid(X, maps, data=small, labels=y)
+    assert len(fig.axes) == 3 * 3
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["input", "before", "stage1"]
+    assert fig.axes[4].images[0].get_array().shape == (7, 7)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="maps is empty"):
+        kdlib.viz.attention_grid(X, {})
+    with pytest.raises(ValueError, match=r"maps\['x'\] must have shape \(3, h, w\)"):
+        kdlib.viz.attention_grid(X, {"x": torch.zeros(2, 7, 7)})
 
 
 # ---------------------------------------------------------------------------- projectors
