@@ -5,7 +5,7 @@ One topic per module: ``data``, ``models``, ``train``, ``metrics`` (and, as the 
 ``grade``). What the notebooks use is re-exported here.
 """
 
-from . import parallel, viz
+from . import guards, parallel, viz
 from .data import Dataset, DownloadError, batches, known_datasets, load
 from .distill import LOSS_NAMES, DistillBatch, distill, frozen
 from .features import (
@@ -73,6 +73,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "parallel",
+    "guards",
     "viz",
     # data
     "Dataset",
