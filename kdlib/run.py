@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> tuple[nn.Module, History]:
                 student, teacher, data, loss=cfg.loss, T=cfg.T, alpha=cfg.alpha, **common
             )
         if parallel.is_main():
-            last = {k: round(v, 4) for k, v in history.rows[-1].items() if k != "epoch"}
+            # timings stay out of the line, so that it reads the same on every run
+            skip = ("epoch", "seconds")
+            last = {k: round(v, 4) for k, v in history.rows[-1].items() if k not in skip}
             print(
                 f"{command} {cfg.model} on {cfg.data} ({len(data.X_train)} train): "
                 f"{parallel.world_size()} process(es) on {device}, {history.epochs} epochs, "

@@ -43,6 +43,24 @@ def _hint(config: Path):
     return {**student.state_dict(), **{f"proj.{k}": v for k, v in proj.state_dict().items()}}, hist
 
 
+def _features(config: Path, method: str):
+    """distill_features on a vector layer (a Linear projector): FitNets' hint stage then KD
+    stage, or the joint loss."""
+    cfg = run.load_config(config)
+    data = kdlib.load(cfg.data).subset(cfg.n_train, cfg.n_test)
+    teacher = kdlib.model(cfg.teacher)
+    teacher.load_state_dict(torch.load(cfg.teacher_checkpoint, weights_only=True))
+    student, projectors = kdlib.model(cfg.model, seed=cfg.seed), {}
+    stages = {"method": "fitnets", "hint_epochs": 1} if method == "fitnets" else {}
+    hist = kdlib.distill_features(
+        student, teacher, data, {"fc1": "fc1"}, "hint", epochs=1, lr=cfg.lr,
+        batch_size=cfg.batch_size, seed=cfg.seed, device="cpu", progress=False,
+        projectors=projectors, **stages,
+    )  # fmt: skip
+    proj = {f"proj.{k}": v for k, v in projectors["fc1"].state_dict().items()}
+    return {**student.state_dict(), **proj}, hist
+
+
 def scenarios(config: Path) -> dict[str, tuple[dict, kdlib.History]]:
     """Every scenario's ``(state_dict, history)``, in this process (with or without a group)."""
     out = {}
@@ -50,6 +68,8 @@ def scenarios(config: Path) -> dict[str, tuple[dict, kdlib.History]]:
         student, hist = run.main([command, "--config", str(config)])
         out[command] = (student.state_dict(), hist)
     out["hint"] = _hint(config)
+    for method in ("fitnets", "joint"):
+        out[f"features-{method}"] = _features(config, method)
     return out
 
 
