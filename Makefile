@@ -40,6 +40,10 @@ test-fast: setup
 notebooks: setup
 	$(NB_ENV) $(PY) -m kdlib.notebooks notebooks/*.ipynb
 
+# Student versions of the exercises (exercises/NN_*.ipynb) from their sources (answer keys).
+exercises: setup
+	$(PY) -m kdlib.exercises
+
 bench: setup
 	$(PY) -m benchmarks
 

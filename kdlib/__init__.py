@@ -5,7 +5,7 @@ One topic per module: ``data``, ``models``, ``train``, ``metrics`` (and, as the 
 ``grade``). What the notebooks use is re-exported here.
 """
 
-from . import guards, parallel, viz
+from . import checks, guards, parallel, viz
 from .data import Dataset, DownloadError, batches, known_datasets, load
 from .distill import LOSS_NAMES, DistillBatch, distill, frozen
 from .features import (
@@ -72,6 +72,7 @@ from .train import History, evaluate, fit, get_device, predict, seed_everything
 __version__ = "0.1.0"
 
 __all__ = [
+    "checks",
     "parallel",
     "guards",
     "viz",
