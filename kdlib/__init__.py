@@ -43,6 +43,7 @@ from .metrics import (
     latency,
     macs,
     mean_kl,
+    pareto_front,
     size_bytes,
 )
 from .models import cnn, mlp, model, presets
@@ -107,6 +108,7 @@ __all__ = [
     "latency",
     "macs",
     "mean_kl",
+    "pareto_front",
     "size_bytes",
     # prune
     "AGPSchedule",

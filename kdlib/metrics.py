@@ -7,12 +7,16 @@ each weight matrix would take), :func:`latency` (warm-up, then the median of rep
 with ``torch.utils.benchmark.Timer``; :func:`compare_latency` times several models in turns)
 and :func:`macs` (multiply–accumulates counted by
 ``torch.utils.flop_counter.FlopCounterMode``).
+Trade-offs: :func:`pareto_front` picks, from rows of (size, accuracy), the ones no other row
+beats on both.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +33,7 @@ __all__ = [
     "latency",
     "compare_latency",
     "macs",
+    "pareto_front",
 ]
 
 
@@ -216,3 +221,65 @@ def macs(model: nn.Module, input_shape: Sequence[int] = (1, 28, 28)) -> int:
     finally:
         model.train(was_training)
     return int(counter.get_total_flops() // 2)
+
+
+def pareto_front(rows: Sequence[Mapping], x: str, y: str) -> list[Mapping]:
+    r"""The rows no other row beats on both counts: smaller ``x`` and higher ``y``.
+
+    Row :math:`b` *dominates* row :math:`a` when :math:`x_b \le x_a` and :math:`y_b \ge y_a`,
+    with at least one of the two strict. The front is every row that no row dominates: for
+    ``x="bytes"`` and ``y="accuracy"``, the models for which nothing in ``rows`` is both at
+    most as large and at least as accurate. Rows with identical ``(x, y)`` are all kept.
+    Pure Python on numbers, so a widget or a plot can call it on stored results.
+
+    Args:
+        rows: mappings (e.g. dicts) holding at least the keys ``x`` and ``y``, with real,
+            finite values.
+        x: the key to minimise (a cost: parameters, bytes, MACs, latency).
+        y: the key to maximise (a quality: accuracy).
+
+    Returns:
+        The non-dominated rows themselves (not copies), sorted by ``x`` increasing (rows with
+        the same ``x`` keep their input order). Empty for empty ``rows``.
+
+    Raises:
+        TypeError: ``x`` or ``y`` is not a string, or a row is not a mapping.
+        ValueError: a row lacks ``x`` or ``y``, or holds a value that is not a finite number
+            (the message names the row and the key).
+
+    Example:
+        >>> rows = [{"name": "a", "bytes": 10, "acc": 0.90},
+        ...         {"name": "b", "bytes": 20, "acc": 0.85},
+        ...         {"name": "c", "bytes": 30, "acc": 0.95}]
+        >>> [r["name"] for r in pareto_front(rows, "bytes", "acc")]
+        ['a', 'c']
+    """
+    for key, what in ((x, "x"), (y, "y")):
+        if not isinstance(key, str):
+            raise TypeError(f"{what} must be a key (str), got {type(key).__name__}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise TypeError(f"rows[{i}] must be a mapping (e.g. a dict), got {type(row).__name__}")
+        for key in (x, y):
+            if key not in row:
+                raise ValueError(f"rows[{i}] has no key {key!r}; it has {sorted(map(str, row))}")
+            v = row[key]
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise ValueError(f"rows[{i}][{key!r}] must be a finite number, got {v!r}")
+    # Sweep by increasing x: a row survives when it is the best of its x and beats every
+    # smaller one (equal to a smaller x's best is dominated: that one is as good and smaller).
+    order = sorted(range(len(rows)), key=lambda i: rows[i][x])
+    front: list[Mapping] = []
+    best_before = -math.inf
+    start = 0
+    while start < len(order):
+        stop = start
+        while stop < len(order) and rows[order[stop]][x] == rows[order[start]][x]:
+            stop += 1
+        group = [rows[i] for i in order[start:stop]]
+        top = max(r[y] for r in group)
+        if top > best_before:
+            front += [r for r in group if r[y] == top]
+            best_before = top
+        start = stop
+    return front

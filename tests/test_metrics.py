@@ -4,6 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torch.nn.utils.prune as torch_prune
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import kdlib
@@ -77,3 +79,60 @@ def test_latency_is_positive_and_restores_mode():
     net = kdlib.model("tiny").train()
     t = kdlib.latency(net, batch_size=8, min_run_time=0.01)
     assert t > 0 and net.training
+
+
+def _dominated_brute_force(rows, x, y):
+    """The definition, pair by pair: indices of rows some other row dominates."""
+    return {
+        i
+        for i, a in enumerate(rows)
+        for b in rows
+        if b[x] <= a[x] and b[y] >= a[y] and (b[x] < a[x] or b[y] > a[y])
+    }
+
+
+def test_pareto_front_by_hand():
+    rows = [
+        {"name": "teacher", "bytes": 400, "acc": 0.98},
+        {"name": "scratch", "bytes": 30, "acc": 0.90},
+        {"name": "kd", "bytes": 30, "acc": 0.93},  # same size as scratch, more accurate
+        {"name": "big mlp", "bytes": 5000, "acc": 0.97},  # larger and worse than the teacher
+        {"name": "pruned", "bytes": 45, "acc": 0.93},  # larger than kd, no better: dominated
+        {"name": "pruned+kd", "bytes": 45, "acc": 0.95},
+    ]
+    front = kdlib.pareto_front(rows, "bytes", "acc")
+    assert [r["name"] for r in front] == ["kd", "pruned+kd", "teacher"]
+    assert front[0] is rows[2]  # the rows themselves, sorted by size
+    assert kdlib.pareto_front([], "bytes", "acc") == []
+
+
+def test_pareto_front_keeps_ties_and_drops_equal_but_larger():
+    rows = [{"x": 1, "y": 0.5}, {"x": 1, "y": 0.5}, {"x": 2, "y": 0.5}]
+    front = kdlib.pareto_front(rows, "x", "y")
+    assert front == rows[:2] and front[0] is rows[0] and front[1] is rows[1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), max_size=12))
+def test_pareto_front_matches_the_definition(points):
+    rows = [{"x": px, "y": py, "i": i} for i, (px, py) in enumerate(points)]
+    front = kdlib.pareto_front(rows, "x", "y")
+    expected = [i for i in range(len(rows)) if i not in _dominated_brute_force(rows, "x", "y")]
+    assert sorted(r["i"] for r in front) == expected
+    assert [r["x"] for r in front] == sorted(r["x"] for r in front)
+    # along the front, more size always buys strictly more accuracy
+    pairs = zip(front[:-1], front[1:], strict=True)
+    assert all(a["y"] < b["y"] for a, b in pairs if a["x"] < b["x"])
+
+
+def test_pareto_front_bad_input():
+    with pytest.raises(ValueError, match=r"rows\[1\] has no key 'acc'"):
+        kdlib.pareto_front([{"bytes": 1, "acc": 0.5}, {"bytes": 2}], "bytes", "acc")
+    with pytest.raises(ValueError, match=r"rows\[0\]\['acc'\] must be a finite number"):
+        kdlib.pareto_front([{"bytes": 1, "acc": float("nan")}], "bytes", "acc")
+    with pytest.raises(ValueError, match="must be a finite number, got '3'"):
+        kdlib.pareto_front([{"bytes": "3", "acc": 0.5}], "bytes", "acc")
+    with pytest.raises(TypeError, match="rows\\[0\\] must be a mapping"):
+        kdlib.pareto_front([(1, 0.5)], "bytes", "acc")
+    with pytest.raises(TypeError, match="x must be a key"):
+        kdlib.pareto_front([{"bytes": 1, "acc": 0.5}], 0, "acc")
