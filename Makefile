@@ -6,7 +6,10 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.kdlib-installed
+# Which extras of pyproject.toml to install; CI adds `ui` (the real-browser test).
+EXTRAS ?= lab,dev
+comma := ,
+STAMP := $(VENV)/.kdlib-installed-$(subst $(comma),-,$(EXTRAS))
 NB_ENV := KDLIB_PROGRESS=0 KDLIB_DEVICE=cpu MPLBACKEND=module://matplotlib_inline.backend_inline PYTHONHASHSEED=0
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 
@@ -18,7 +21,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[lab,dev]"
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (kdlib course)"
 	touch $(STAMP)
 
@@ -31,7 +34,7 @@ lab: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(NB_ENV) $(PY) -m pytest -p no:cacheprovider -q tests
+	$(NB_ENV) $(PY) -m pytest -p no:cacheprovider -q -rs tests
 	$(NB_ENV) $(PY) -m pytest -p no:cacheprovider -q $(NBVAL) notebooks
 
 test-fast: setup
