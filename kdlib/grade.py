@@ -39,6 +39,7 @@ from .exercises import EXERCISES_DIR
 __all__ = ["ExerciseScore", "Submission", "grade", "grade_one", "write_report", "summary"]
 
 NOTEBOOKS: list[str] = sorted({ex.notebook for ex in EXERCISES.values()})
+_WARM_UP_TIMEOUT = 300  # seconds for the kernel to import torch and kdlib, however busy
 
 
 @dataclass
@@ -74,7 +75,7 @@ def _sha256(path: Path) -> str:
 
 def _identify(nb, path: Path) -> str | None:
     """Which exercise notebook a submission answers: its metadata, else its file name."""
-    meta = nb.get("metadata", {}).get("kdlib", {})
+    meta = nb.get("metadata", {}).get("kdlib", {}) if nb is not None else {}
     stem = meta.get("exercise") if isinstance(meta, dict) else None
     if stem in NOTEBOOKS:
         return stem
@@ -149,13 +150,13 @@ def _error(cell) -> str | None:
     return f"{ename}: {evalue}" if evalue else ename
 
 
-def _cell_problem(number: int, cell) -> str | None:
+def _cell_problem(number: int, cell, timed_out: str | None = None) -> str | None:
+    if timed_out:
+        return f"cell {number} {timed_out}"
     error = _error(cell)
     if error is None:
         return None
     ename, _, evalue = error.partition(": ")
-    if ename == "CellTimeoutError":
-        return f"cell {number} {evalue}"
     if ename in ("SyntaxError", "IndentationError", "TabError"):
         return f"cell {number} has a syntax error: {evalue}"
     return f"cell {number} raised {error}"
@@ -201,20 +202,24 @@ def grade_one(
     try:
         nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
     except Exception as e:  # not JSON, not a notebook, not UTF-8
+        nb = None
         row.problems.append(f"not a readable notebook: {type(e).__name__}: {str(e)[:120]}")
-        row.seconds = time.perf_counter() - t0
-        return row
     notebook = _identify(nb, path)
     row.notebook, row.student = notebook, _student(path, notebook)
-    if notebook is None:
+    if notebook is None and nb is not None:
         row.problems.append(
             "unknown exercise notebook: its metadata names none and its file name contains "
             f"none of {', '.join(NOTEBOOKS)}"
         )
-        row.seconds = time.perf_counter() - t0
-        return row
     exercise_ids = [i for i, ex in EXERCISES.items() if ex.notebook == notebook]
     row.maximum = sum(EXERCISES[i].points for i in exercise_ids)
+    if nb is None or notebook is None:
+        row.exercises = [
+            ExerciseScore(i, False, 0.0, EXERCISES[i].points, "not checked (see problems)")
+            for i in exercise_ids
+        ]
+        row.seconds = time.perf_counter() - t0
+        return row
     missing = _missing_cells(nb, notebook, Path(key_dir) if key_dir else None)
     if missing:
         row.problems.append(
@@ -224,16 +229,33 @@ def grade_one(
     token = f"KDLIB-GRADE-{secrets.token_hex(8)}:"
     results: dict[str, dict] = {}
     notebook_timeout = notebook_timeout or 5 * timeout
-    deadline = time.monotonic() + notebook_timeout
     with tempfile.TemporaryDirectory(prefix="kdlib-grade-") as tmp:
         copy_path = Path(tmp) / path.name
         copy_path.write_bytes(raw)  # the kernel's folder holds a copy, never the original
         n_cells = len(nb.cells)
+        # Warm-up first: torch and kdlib load before any timed cell, so a slow import on a
+        # busy machine is never mistaken for the learner's code running too long.
+        warm = nbformat.v4.new_code_cell("import kdlib.checks as _kdlib_checks")
+        warm.metadata["kdlib_grader"] = "warm-up"
         grading = [nbformat.v4.new_code_cell(_grading_cell(i, token)) for i in exercise_ids]
-        nb.cells.extend(grading)  # nbclient addresses cells by index, so they must be in nb
+        nb.cells.extend([warm, *grading])  # nbclient addresses cells by index in nb
+
+        def cell_timeout(cell) -> int:
+            if cell.metadata.get("kdlib_grader") == "warm-up":
+                return _WARM_UP_TIMEOUT
+            return max(1, int(round(timeout)))
+
+        timed_out: dict[int, str] = {}  # cell index -> why, for cells stopped by the timeout
+
+        def on_executed(cell, cell_index, execute_reply):
+            content = (execute_reply or {}).get("content", {})
+            if content.get("ename") == "CellTimeoutError":
+                timed_out[cell_index] = content.get("evalue", "timed out")
+
         client = NotebookClient(
             nb,
-            timeout=max(1, int(round(timeout))),
+            timeout_func=cell_timeout,
+            on_cell_executed=on_executed,
             kernel_name="python3",
             allow_errors=True,
             interrupt_on_timeout=True,
@@ -247,6 +269,12 @@ def grade_one(
         try:
             # The kernel's own log (e.g. ipykernel's warnings) would only clutter the report.
             with client.setup_kernel(env=_kernel_env(jobs), cwd=tmp, stderr=subprocess.DEVNULL):
+                client.execute_cell(warm, n_cells)
+                if _error(warm):
+                    row.problems.append(
+                        f"kdlib could not be imported in the kernel: {_error(warm)}"
+                    )
+                deadline = time.monotonic() + notebook_timeout
                 for index, cell in enumerate(nb.cells[:n_cells]):
                     if cell.cell_type != "code":
                         continue
@@ -257,18 +285,18 @@ def grade_one(
                         )
                         break
                     client.execute_cell(cell, index)
-                    problem = _cell_problem(index + 1, cell)
+                    problem = _cell_problem(index + 1, cell, timed_out.get(index))
                     if problem:
                         row.problems.append(problem)
                 for index, (exercise_id, cell) in enumerate(
-                    zip(exercise_ids, grading, strict=True), start=n_cells
+                    zip(exercise_ids, grading, strict=True), start=n_cells + 1
                 ):
                     client.execute_cell(cell, index)
                     for line in _stdout(cell).splitlines():
                         if line.startswith(token):
                             results[exercise_id] = json.loads(line[len(token) :])
                     if exercise_id not in results:
-                        why = (_error(cell) or "no result").replace("CellTimeoutError: ", "")
+                        why = timed_out.get(index) or _error(cell) or "no result"
                         results[exercise_id] = {
                             "passed": False,
                             "score": 0.0,
