@@ -7,7 +7,15 @@ One topic per module: ``data``, ``models``, ``train``, ``metrics`` (and, as the 
 
 from . import checks, guards, parallel, viz
 from .data import Dataset, DownloadError, batches, known_datasets, load
-from .distill import LOSS_NAMES, DistillBatch, distill, frozen
+from .distill import (
+    LOSS_NAMES,
+    DistillBatch,
+    DistillSweep,
+    distill,
+    distill_sweep,
+    frozen,
+    random_shift,
+)
 from .features import (
     FeatureCapture,
     attention_maps,
@@ -34,6 +42,7 @@ from .losses import (
     mse_logits,
     soft_target_ce,
     soft_target_kl,
+    soften,
 )
 from .metrics import (
     accuracy,
@@ -47,6 +56,7 @@ from .metrics import (
     size_bytes,
 )
 from .models import cnn, mlp, model, presets
+from .params import STRATEGIES, distill_params, inherit
 from .prune import (
     AGPSchedule,
     Sensitivity,
@@ -140,11 +150,19 @@ __all__ = [
     "mse_logits",
     "soft_target_ce",
     "soft_target_kl",
+    "soften",
     # distill
     "LOSS_NAMES",
     "DistillBatch",
+    "DistillSweep",
     "distill",
+    "distill_sweep",
     "frozen",
+    "random_shift",
+    # params (parameter distillation)
+    "STRATEGIES",
+    "distill_params",
+    "inherit",
     # features (feature distillation) and the feature losses
     "FeatureCapture",
     "attention_maps",

@@ -13,6 +13,7 @@ distillation, parameter distillation) build on :func:`distill` through its ``ext
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -27,7 +28,16 @@ from .data import Dataset
 from .metrics import agreement, mean_kl
 from .train import History, fit, get_device, predict
 
-__all__ = ["distill", "frozen", "DistillBatch", "LOSS_NAMES", "resolve_loss", "random_shift"]
+__all__ = [
+    "distill",
+    "frozen",
+    "DistillBatch",
+    "LOSS_NAMES",
+    "resolve_loss",
+    "random_shift",
+    "DistillSweep",
+    "distill_sweep",
+]
 
 # name -> (what it computes, for the history and error messages)
 LOSS_NAMES: dict[str, str] = {
@@ -395,3 +405,82 @@ def distill(
             desc=desc,
         )
     return history
+
+
+@dataclass
+class DistillSweep:
+    """The histories of :func:`distill` runs over a grid of settings, to look up later.
+
+    Widgets use it so that moving a slider only looks a finished run up, never trains.
+    """
+
+    keys: list[str]  # the swept arguments, e.g. ["alpha", "T"]
+    settings: list[tuple]  # one tuple of values per run, in the order of ``keys``
+    histories: list[History]  # one per run, same order
+
+    def values(self, key: str) -> list:
+        """The swept values of ``key``, in grid order."""
+        i = self._index(key)
+        return list(dict.fromkeys(s[i] for s in self.settings))
+
+    def lookup(self, **setting) -> History:
+        """The history of the run with exactly these values, e.g. ``lookup(alpha=0.9, T=4)``."""
+        if set(setting) != set(self.keys):
+            raise ValueError(f"give a value for each of {self.keys}, got {sorted(setting)}")
+        wanted = tuple(setting[k] for k in self.keys)
+        for s, h in zip(self.settings, self.histories, strict=True):
+            if all(abs(a - b) < 1e-12 for a, b in zip(s, wanted, strict=True)):
+                return h
+        raise ValueError(f"{setting} was not swept; swept values: {self.grid}")
+
+    def final(self, column: str = "test_acc") -> dict[tuple, float]:
+        """``{setting: last value of column}`` for every run."""
+        return {s: h.last(column) for s, h in zip(self.settings, self.histories, strict=True)}
+
+    @property
+    def grid(self) -> dict[str, list]:
+        return {k: self.values(k) for k in self.keys}
+
+    def _index(self, key: str) -> int:
+        if key not in self.keys:
+            raise ValueError(f"{key!r} was not swept; swept: {self.keys}")
+        return self.keys.index(key)
+
+
+def distill_sweep(
+    make_student: Callable[[], nn.Module],
+    teacher: nn.Module,
+    data: Dataset,
+    grid: dict[str, Sequence[float]],
+    loss: str | LogitLoss = "kd",
+    **kwargs,
+) -> DistillSweep:
+    """Run :func:`distill` once for every combination of the values in ``grid``.
+
+    Args:
+        make_student: returns a fresh student (same initial weights each call, e.g.
+            ``lambda: kdlib.model("hinton-student", seed=0)``).
+        teacher: the teacher, shared by every run (never modified).
+        data: the data set.
+        grid: numeric arguments of :func:`distill` and their values, e.g.
+            ``{"alpha": [0.5, 0.9], "T": [1, 4]}``; the runs follow ``itertools.product``.
+        loss: the loss of every run.
+        **kwargs: the other arguments of :func:`distill`, the same for every run.
+
+    Example:
+        >>> sweep = distill_sweep(lambda: kdlib.model("hinton-student", seed=0), teacher,
+        ...                       data, {"alpha": [0.5, 0.9], "T": [1, 4]}, epochs=3)
+        >>> sweep.lookup(alpha=0.9, T=4).last("test_acc")  # doctest: +SKIP
+    """
+    if not grid or any(len(v) == 0 for v in grid.values()):
+        raise ValueError(f"grid needs at least one value per key, got {grid!r}")
+    clash = set(grid) & set(kwargs)
+    if clash:
+        raise ValueError(f"{sorted(clash)} given both in grid and as fixed arguments")
+    keys = list(grid)
+    settings, histories = [], []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        setting = dict(zip(keys, values, strict=True))
+        histories.append(distill(make_student(), teacher, data, loss, **kwargs, **setting))
+        settings.append(tuple(values))
+    return DistillSweep(keys, settings, histories)

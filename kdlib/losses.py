@@ -20,6 +20,7 @@ from torch import nn
 
 __all__ = [
     # logit losses
+    "soften",
     "mse_logits",
     "soft_target_kl",
     "soft_target_ce",
@@ -116,6 +117,26 @@ def _reduce(per_sample: torch.Tensor, reduction: str, allowed: tuple[str, ...]) 
 # ============================================================================================
 # Logit losses: MSE logit matching, soft targets with temperature, combined hard + soft
 # ============================================================================================
+def soften(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+    r"""Softened class probabilities :math:`p(T) = \mathrm{softmax}(z / T)` along the last dim.
+
+    ``T = 1`` is the ordinary softmax; a larger ``T`` flattens the distribution and lifts the
+    small probabilities of the wrong classes (the "dark knowledge"); ``T → 0`` approaches a
+    one-hot vector on the largest logit.
+
+    Shape:
+        logits: ``(..., C)``; output: the same shape, each row summing to 1.
+
+    Example:
+        >>> soften(torch.tensor([2.0, 1.0, 0.0]), T=2.0)
+        tensor([0.5065, 0.3072, 0.1863])
+    """
+    _check_T(T)
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    return torch.softmax(logits / T, dim=-1)
+
+
 def mse_logits(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, reduction: str = "mean"
 ) -> torch.Tensor:
