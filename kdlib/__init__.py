@@ -5,7 +5,7 @@ One topic per module: ``data``, ``models``, ``train``, ``metrics`` (and, as the 
 ``grade``). What the notebooks use is re-exported here.
 """
 
-from . import checks, guards, parallel, viz
+from . import checks, guards, parallel, viz, widgets
 from .data import Dataset, DownloadError, batches, known_datasets, load
 from .distill import (
     LOSS_NAMES,
@@ -87,6 +87,7 @@ __all__ = [
     "parallel",
     "guards",
     "viz",
+    "widgets",
     # data
     "Dataset",
     "DownloadError",

@@ -381,7 +381,8 @@ _SOFTEN_HINT = (
 
 
 def check_soften(fn: Callable, *, quiet: bool = False, seed: int = 0) -> CheckResult:
-    """Check ``fn(logits, T)``: the softmax at temperature ``T`` of each row of logits.
+    """Check ``fn(logits, T)`` against :func:`kdlib.losses.soften`, the softmax at
+    temperature ``T`` of each row of logits.
 
     Shape:
         logits: ``(N, C)``; output ``(N, C)``, each row a probability distribution.
@@ -398,7 +399,7 @@ def check_soften(fn: Callable, *, quiet: bool = False, seed: int = 0) -> CheckRe
             before = [logits.clone()]
             got = _call(f, logits, T)
             _unchanged(before, [logits], _IN_PLACE)
-            expected = torch.softmax(logits / T, dim=1)
+            expected = L.soften(logits, T)
             mistakes = [
                 (
                     _equals(lambda: torch.softmax(logits * T, dim=1)),

@@ -9,7 +9,16 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import torch
 
-__all__ = ["cost_bars", "size_accuracy", "sample_grid", "attention_grid"]
+__all__ = [
+    "cost_bars",
+    "size_accuracy",
+    "sample_grid",
+    "attention_grid",
+    "pruning_panel",
+    "sparsity_curves",
+    "sensitivity_curves",
+    "schedule_plot",
+]
 
 
 def sample_grid(data, n_per_class: int = 8, split: str = "train", title: str | None = None):
@@ -116,3 +125,112 @@ def attention_grid(X, maps: dict, data=None, labels=None, title: str | None = No
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Pruning (notebooks 07 and 08)
+def pruning_panel(weight, mask, title: str | None = None, bins: int = 80):
+    """A layer under a mask: histogram of its weights (kept vs pruned) and the mask as an image.
+
+    Args:
+        weight: the unpruned weight, ``(out, in)`` or ``(out, in, kH, kW)``.
+        mask: same shape, 1/True where a weight is kept.
+        title: figure title.
+
+    Returns:
+        The matplotlib ``Figure``.
+    """
+    w = weight.detach().float().cpu().flatten()
+    m = mask.detach().cpu().flatten().bool()
+    fig, (ax_h, ax_m) = plt.subplots(1, 2, figsize=(9, 3.2), width_ratios=(1, 1.4))
+    edges = torch.linspace(float(w.min()), float(w.max()), bins + 1).numpy()
+    ax_h.hist(w[~m].numpy(), bins=edges, color="lightgray", label="pruned")
+    ax_h.hist(w[m].numpy(), bins=edges, color="tab:blue", label="kept")
+    ax_h.set_xlabel("weight value")
+    ax_h.set_ylabel("count")
+    ax_h.legend(fontsize=8)
+    image = mask.detach().cpu().reshape(mask.shape[0], -1).float().numpy()
+    ax_m.imshow(image, cmap="gray_r", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    ax_m.set_xlabel("input")
+    ax_m.set_ylabel("unit")
+    ax_m.set_title(f"mask: {int(m.sum()):,} of {m.numel():,} kept (black)", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def sparsity_curves(curves: dict, baseline: float | None = None, ax=None, ylim=None):
+    """Accuracy against sparsity, one line per entry of ``curves``.
+
+    Args:
+        curves: ``{label: (sparsities, accuracies)}``, both in [0, 1].
+        baseline: the dense model's accuracy, drawn as a dashed line.
+
+    Returns:
+        The matplotlib ``Axes``.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.5))
+    for label, (s, acc) in curves.items():
+        ax.plot([100 * v for v in s], [100 * a for a in acc], marker="o", ms=4, label=label)
+    if baseline is not None:
+        ax.axhline(100 * baseline, color="gray", ls="--", lw=1, label="dense")
+    ax.set_xlabel("sparsity (% of weights pruned)")
+    ax.set_ylabel("test accuracy (%)")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def sensitivity_curves(sens, ax=None):
+    """Accuracy with each layer pruned alone (a :class:`kdlib.prune.Sensitivity`).
+
+    Returns:
+        The matplotlib ``Axes``.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.5))
+    for name, acc in sens.accuracy.items():
+        label = f"{name} ({sens.sizes[name]:,} weights)"
+        ax.plot([100 * a for a in sens.amounts], [100 * a for a in acc], marker="o", label=label)
+    ax.axhline(100 * sens.baseline, color="gray", ls="--", lw=1, label="unpruned")
+    ax.set_xlabel("share of the layer's weights pruned (%)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("sensitivity: each layer pruned alone", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def schedule_plot(schedule, t_max: float | None = None, ax=None):
+    """Zhu & Gupta's sparsity schedule ``s_t`` (an :class:`kdlib.prune.AGPSchedule`),
+    with its pruning steps marked.
+
+    Returns:
+        The matplotlib ``Axes``.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.2))
+    times = schedule.times
+    t_max = t_max if t_max is not None else times[-1] + 2 * schedule.dt
+    t_min = min(0.0, times[0])
+    grid = torch.linspace(t_min, t_max, 400).tolist()
+    ax.plot(grid, [100 * schedule(t) for t in grid], color="tab:blue", label="$s_t$")
+    ax.step(
+        times,
+        [100 * schedule(t) for t in times],
+        where="post",
+        color="tab:orange",
+        marker="o",
+        ms=4,
+        label="sparsity after each pruning step",
+    )
+    ax.set_xlabel("t (pruning happens at $t_0 + k\\,\\Delta t$)")
+    ax.set_ylabel("sparsity (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return ax
