@@ -18,6 +18,10 @@ __all__ = [
     "sparsity_curves",
     "sensitivity_curves",
     "schedule_plot",
+    "softmax_bars",
+    "lines",
+    "history_curves",
+    "grid_heatmap",
 ]
 
 
@@ -233,4 +237,148 @@ def schedule_plot(schedule, t_max: float | None = None, ax=None):
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    return ax
+
+
+# --------------------------------------------------------------------------------------------
+# Distillation (notebooks 02 to 05)
+def softmax_bars(probs, classes, T: float | None = None, true_class=None, ax=None):
+    """Class probabilities as bars (e.g. a teacher's softmax at temperature ``T``).
+
+    Args:
+        probs: ``(C,)`` probabilities.
+        classes: ``C`` class names.
+        T: shown in the title if given.
+        true_class: index of the correct class, drawn in a different colour.
+
+    Returns:
+        The matplotlib ``Axes``.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.0))
+    p = torch.as_tensor(probs).detach().cpu().flatten().tolist()
+    colors = ["tab:green" if i == true_class else "tab:blue" for i in range(len(p))]
+    ax.bar(range(len(p)), p, color=colors)
+    ax.set_xticks(range(len(p)), [str(c) for c in classes])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("class")
+    ax.set_ylabel("probability")
+    if T is not None:
+        ax.set_title(f"teacher's softmax at T = {T:g}", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+def lines(
+    curves: dict,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str | None = None,
+    logx: bool = False,
+    logy: bool = False,
+    ax=None,
+):
+    """One line per entry of ``curves = {label: (x, y)}``.
+
+    Returns:
+        The matplotlib ``Axes``.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.2))
+    for label, (x, y) in curves.items():
+        ax.plot(list(x), list(y), marker="o", ms=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def history_curves(
+    histories: dict,
+    column: str = "test_acc",
+    highlight=None,
+    hline: float | None = None,
+    hline_label: str = "",
+    start: dict | None = None,
+    percent: bool = True,
+    logy: bool = False,
+    ax=None,
+):
+    """A column of several :class:`kdlib.train.History` objects against the epoch.
+
+    Args:
+        histories: ``{label: history}``.
+        column: the history column to draw (``"test_acc"``, ``"agreement"``, ...).
+        highlight: the label drawn thick; the others are drawn thin and pale.
+        hline: a reference value drawn as a dashed line (e.g. the scratch accuracy).
+        start: ``{label: value}`` at epoch 0 (e.g. accuracy before training).
+        percent: multiply values by 100.
+        logy: logarithmic y axis.
+
+    Returns:
+        The matplotlib ``Axes``.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.2))
+    scale = 100 if percent else 1
+    for label, hist in histories.items():
+        xs = [r["epoch"] for r in hist.rows if column in r]
+        ys = [scale * r[column] for r in hist.rows if column in r]
+        if start is not None and label in start:
+            xs, ys = [0, *xs], [scale * start[label], *ys]
+        strong = highlight is None or label == highlight
+        ax.plot(
+            xs, ys, marker="o", ms=3 if strong else 2, lw=2 if strong else 1,
+            alpha=1.0 if strong else 0.35, label=str(label),
+        )  # fmt: skip
+    if hline is not None:
+        ax.axhline(scale * hline, color="gray", ls="--", lw=1, label=hline_label or None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(column + (" (%)" if percent else ""))
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def grid_heatmap(
+    values: dict,
+    rows: list,
+    cols: list,
+    row_label: str,
+    col_label: str,
+    mark: tuple | None = None,
+    title: str | None = None,
+    ax=None,
+):
+    """A heat map of ``values[(row, col)]`` (shown in %), with one cell outlined.
+
+    Returns:
+        The matplotlib ``Axes``.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.2, 3.2))
+    grid = [[100 * values[(r, c)] for c in cols] for r in rows]
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(cols)), [f"{c:g}" for c in cols])
+    ax.set_yticks(range(len(rows)), [f"{r:g}" for r in rows])
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, f"{grid[i][j]:.1f}", ha="center", va="center", fontsize=8, color="w")
+    if mark is not None:
+        i, j = rows.index(mark[0]), cols.index(mark[1])
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
+    ax.figure.colorbar(im, ax=ax, label="test accuracy (%)")
+    if title:
+        ax.set_title(title, fontsize=10)
     return ax

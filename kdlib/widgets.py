@@ -13,7 +13,14 @@ import matplotlib.pyplot as plt
 
 from . import viz
 
-__all__ = ["sparsity_slider", "schedule_explorer"]
+__all__ = [
+    "sparsity_slider",
+    "schedule_explorer",
+    "temperature_slider",
+    "lambda_slider",
+    "alpha_T_explorer",
+    "strategy_picker",
+]
 
 
 def _show_figure(fig) -> None:
@@ -143,5 +150,244 @@ def schedule_explorer(s_i: float = 0.0, s_f: float = 0.9, n: int = 10, t0: int =
 
     for w in (s_i_w, s_f_w, n_w):
         w.observe(show, names="value")
+    show()
+    return box
+
+
+# --------------------------------------------------------------------------------------------
+# Distillation (notebooks 02 to 05)
+def temperature_slider(
+    logits,
+    classes,
+    image=None,
+    true_class: int | None = None,
+    T: float = 1.0,
+    T_min: float = 0.5,
+    T_max: float = 20.0,
+    step: float = 0.5,
+    k: int = 3,
+):
+    """A slider labelled ``T`` over a teacher's softmax for one input (:func:`kdlib.soften`).
+
+    Each move prints ``T = … | top classes: 7 62.1%, 9 14.0%, 4 8.2% | entropy … nats`` and
+    redraws the input image (if given) next to :func:`kdlib.viz.softmax_bars`.
+
+    Args:
+        logits: ``(C,)`` the teacher's logits for one input.
+        classes: class names.
+        image: ``(H, W)`` pixels in [0, 1] to show beside the bars.
+        true_class: index of the correct class (green bar).
+        T, T_min, T_max, step: the slider's start, range and step.
+        k: how many top classes the printed line names.
+
+    Returns:
+        ``ipywidgets.VBox([slider, output])`` with attributes ``slider`` (``FloatSlider``,
+        description ``"T"``), ``output`` and ``state`` (the last shown ``{"T", "probs",
+        "top", "entropy", "line"}``).
+    """
+    import ipywidgets as widgets
+    import torch
+
+    from .losses import soften
+
+    z = torch.as_tensor(logits).detach().cpu().flatten().double()
+    if len(z) != len(classes):
+        raise ValueError(f"{len(z)} logits but {len(classes)} class names")
+    slider = widgets.FloatSlider(
+        value=T, min=T_min, max=T_max, step=step, description="T", continuous_update=False,
+        readout_format=".1f", layout=widgets.Layout(width="420px"),
+    )  # fmt: skip
+    output = widgets.Output()
+    box = widgets.VBox([slider, output])
+    box.slider, box.output, box.state = slider, output, {}
+
+    def show(change=None) -> None:
+        t = float(slider.value)
+        p = soften(z, t)
+        entropy = float(-(p * p.clamp_min(1e-300).log()).sum())
+        top = torch.topk(p, min(k, len(p)))
+        named = [(str(classes[int(i)]), float(p[i])) for i in top.indices]
+        line = (
+            f"T = {t:.1f} | top classes: "
+            + ", ".join(f"{c} {v:.1%}" for c, v in named)
+            + f" | entropy {entropy:.2f} nats"
+        )
+        box.state.update(T=t, probs=p, top=named, entropy=entropy, line=line)
+        output.clear_output(wait=True)
+        with output:
+            print(line)
+            if image is not None:
+                fig, (ax_img, ax) = plt.subplots(
+                    1, 2, figsize=(7.0, 2.8), gridspec_kw={"width_ratios": [1, 2.6]}
+                )
+                pixels = torch.as_tensor(image).detach().cpu().numpy()
+                ax_img.imshow(pixels, cmap="gray_r", vmin=0, vmax=1)
+                ax_img.set_axis_off()
+            else:
+                fig, ax = plt.subplots(figsize=(5.5, 2.8))
+            viz.softmax_bars(p, classes, T=t, true_class=true_class, ax=ax)
+            fig.tight_layout()
+            _show_figure(fig)
+
+    slider.observe(show, names="value")
+    show()
+    return box
+
+
+def _history_line(prefix: str, hist) -> str:
+    return (
+        f"{prefix} | test accuracy {hist.last('test_acc'):.1%} | agreement with teacher "
+        f"{hist.last('agreement'):.1%} | KL to teacher {hist.last('kl_teacher'):.3f}"
+    )
+
+
+def lambda_slider(sweep, value: float | None = None):
+    """A slider labelled ``λ`` over a precomputed :func:`kdlib.distill.distill_sweep` on ``lam``.
+
+    Moving it only looks runs up: it prints the chosen run's final test accuracy, agreement
+    and KL with the teacher, and redraws every run's test accuracy per epoch with the chosen
+    one highlighted (:func:`kdlib.viz.history_curves`).
+
+    Returns:
+        ``ipywidgets.VBox([slider, output])`` with attributes ``slider``
+        (``SelectionSlider``), ``output`` and ``state`` (``{"lam", "history", "line"}``).
+    """
+    import ipywidgets as widgets
+
+    lams = sweep.values("lam")
+    if len(sweep.keys) != 1:
+        raise ValueError(f"lambda_slider needs a sweep over 'lam' only, got {sweep.keys}")
+    slider = widgets.SelectionSlider(
+        options=[(f"{v:g}", v) for v in lams], value=lams[0] if value is None else value,
+        description="λ", continuous_update=False, layout=widgets.Layout(width="420px"),
+    )  # fmt: skip
+    output = widgets.Output()
+    box = widgets.VBox([slider, output])
+    box.slider, box.output, box.state = slider, output, {}
+    labelled = {f"λ = {v:g}": sweep.lookup(lam=v) for v in lams}
+
+    def show(change=None) -> None:
+        lam = slider.value
+        hist = sweep.lookup(lam=lam)
+        line = _history_line(f"λ = {lam:g}", hist)
+        box.state.update(lam=lam, history=hist, line=line)
+        output.clear_output(wait=True)
+        with output:
+            print(line)
+            ax = viz.history_curves(labelled, "test_acc", highlight=f"λ = {lam:g}")
+            ax.set_title("CE + λ·MSE(logits): test accuracy per epoch", fontsize=10)
+            _show_figure(ax.figure)
+
+    slider.observe(show, names="value")
+    show()
+    return box
+
+
+def alpha_T_explorer(sweep, alpha: float | None = None, T: float | None = None):
+    """Sliders ``α`` and ``T`` over a precomputed :func:`kdlib.distill.distill_sweep` grid.
+
+    Moving either only looks the run up: it prints the run's final test accuracy, agreement
+    and KL with the teacher, and redraws the grid's accuracies as a heat map
+    (:func:`kdlib.viz.grid_heatmap`) with the chosen cell outlined.
+
+    Returns:
+        ``ipywidgets.VBox`` with attributes ``alpha`` and ``T`` (``SelectionSlider``),
+        ``output`` and ``state`` (``{"alpha", "T", "history", "line"}``).
+    """
+    import ipywidgets as widgets
+
+    if sorted(sweep.keys) != ["T", "alpha"]:
+        raise ValueError(f"alpha_T_explorer needs a sweep over 'alpha' and 'T', got {sweep.keys}")
+    alphas, Ts = sweep.values("alpha"), sweep.values("T")
+
+    def slider(name, values, start):
+        return widgets.SelectionSlider(
+            options=[(f"{v:g}", v) for v in values], value=values[-1] if start is None else start,
+            description=name, continuous_update=False,
+        )  # fmt: skip
+
+    a_w, t_w = slider("α", alphas, alpha), slider("T", Ts, T)
+    output = widgets.Output()
+    box = widgets.VBox([widgets.HBox([a_w, t_w]), output])
+    box.alpha, box.T, box.output, box.state = a_w, t_w, output, {}
+    finals = {}
+    for setting, acc in sweep.final("test_acc").items():
+        d = dict(zip(sweep.keys, setting, strict=True))
+        finals[(d["alpha"], d["T"])] = acc
+
+    def show(change=None) -> None:
+        a, t = a_w.value, t_w.value
+        hist = sweep.lookup(alpha=a, T=t)
+        line = _history_line(f"α = {a:g}, T = {t:g}", hist)
+        box.state.update(alpha=a, T=t, history=hist, line=line)
+        output.clear_output(wait=True)
+        with output:
+            print(line)
+            ax = viz.grid_heatmap(
+                finals, alphas, Ts, "α (weight of the soft loss)", "T (temperature)",
+                mark=(a, t), title="final test accuracy",
+            )  # fmt: skip
+            _show_figure(ax.figure)
+
+    a_w.observe(show, names="value")
+    t_w.observe(show, names="value")
+    show()
+    return box
+
+
+def strategy_picker(histories: dict, reference: float | None = None, value: str | None = None):
+    """Buttons labelled by inheritance strategy over precomputed :func:`kdlib.distill_params`
+    histories.
+
+    Picking one prints its accuracy before training, its final accuracy and why it stopped,
+    and redraws test accuracy per epoch (epoch 0 = inherited weights, before training) next to
+    the relative parameter change per epoch with the stopping tolerance.
+
+    Args:
+        histories: ``{strategy: history}`` from :func:`kdlib.params.distill_params`.
+        reference: an accuracy to draw as a dashed line (the scratch student's).
+        value: the strategy shown first (default: the first).
+
+    Returns:
+        ``ipywidgets.VBox`` with attributes ``picker`` (``ToggleButtons``), ``output`` and
+        ``state`` (``{"strategy", "history", "line"}``).
+    """
+    import ipywidgets as widgets
+
+    names = list(histories)
+    if not names:
+        raise ValueError("strategy_picker needs at least one history")
+    picker = widgets.ToggleButtons(
+        options=names, value=names[0] if value is None else value, description="strategy"
+    )
+    output = widgets.Output()
+    box = widgets.VBox([picker, output])
+    box.picker, box.output, box.state = picker, output, {}
+    start = {n: h.info["init_acc"] for n, h in histories.items()}
+
+    def show(change=None) -> None:
+        name = picker.value
+        hist = histories[name]
+        line = (
+            f"{name}: {hist.info['init_acc']:.1%} before training, "
+            f"{hist.last('test_acc'):.1%} after {hist.epochs} epochs | stop: {hist.stop_reason}"
+        )
+        box.state.update(strategy=name, history=hist, line=line)
+        output.clear_output(wait=True)
+        with output:
+            print(line)
+            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.2))
+            viz.history_curves(
+                histories, "test_acc", highlight=name, hline=reference,
+                hline_label="scratch, final", start=start, ax=ax1,
+            )  # fmt: skip
+            viz.history_curves(
+                histories, "param_change", highlight=name, hline=hist.info["tol"],
+                hline_label="tol", percent=False, logy=True, ax=ax2,
+            )  # fmt: skip
+            fig.tight_layout()
+            _show_figure(fig)
+
+    picker.observe(show, names="value")
     show()
     return box

@@ -237,3 +237,30 @@ def test_nan_logits_are_reported_with_epoch_and_batch(small, teacher):
     with pytest.raises(ValueError, match=r"epoch 1, batch 2: student_logits contains NaN .*\[5\]"):
         distill(kdlib.model("tiny"), teacher, small, epochs=1, augment=poison_third_batch,
                 progress=False)  # fmt: skip
+
+
+def test_random_shift_moves_each_image_by_whole_pixels():
+    from kdlib.distill import random_shift
+
+    X = torch.randn(64, 1, 8, 8)
+    torch.manual_seed(0)
+    Y = random_shift(2)(X)
+    assert Y.shape == X.shape
+    seen = set()
+    for x, y in zip(X[:, 0], Y[:, 0], strict=True):
+        # y(i, j) = x(clamp(i + dy), clamp(j + dx)) for one (dx, dy) in [-2, 2]²
+        matches = []
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                rows = (torch.arange(8) + dy).clamp(0, 7)
+                cols = (torch.arange(8) + dx).clamp(0, 7)
+                if torch.equal(y, x[rows][:, cols]):
+                    matches.append((dx, dy))
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) > 10  # each image gets its own shift
+    assert torch.equal(random_shift(0)(X), X)
+    with pytest.raises(ValueError, match="max_shift must be a whole number of pixels"):
+        random_shift(-1)
+    with pytest.raises(ValueError, match=r"needs images \(N, C, H, W\)"):
+        random_shift(1)(torch.zeros(3, 4))

@@ -290,3 +290,14 @@ def test_bad_lambda_and_soft_kind(pair):
         L.kd_loss(s, t, y, soft="js")
     with pytest.raises(TypeError, match="student_logits must be a torch.Tensor"):
         L.mse_logits(s.numpy(), t)
+
+
+def test_soften_is_softmax_of_logits_over_T():
+    z = _logits()
+    for T in (0.5, 1.0, 4.0):
+        torch.testing.assert_close(L.soften(z, T), torch.softmax(z / T, dim=1))
+    assert float(L.soften(torch.tensor([3.0, 0.0]), 1e-3)[0]) == 1.0
+    with pytest.raises(ValueError, match="temperature T must be a finite number > 0"):
+        L.soften(z, -1.0)
+    with pytest.raises(TypeError, match="logits must be a torch.Tensor"):
+        L.soften([1.0, 2.0], 1.0)
