@@ -170,68 +170,25 @@ def _stdout(cell) -> str:
     )
 
 
-def grade_one(
-    path: str | os.PathLike,
-    timeout: float = 60,
-    notebook_timeout: float | None = None,
-    key_dir: str | os.PathLike | None = EXERCISES_DIR / "source",
-    jobs: int = 1,
-) -> Submission:
-    """Grade one submitted notebook (the file is read once and never written).
-
-    Args:
-        path: the submitted ``.ipynb``.
-        timeout: seconds a cell may run before it is interrupted.
-        notebook_timeout: seconds the whole notebook may run (default ``5 × timeout``);
-            cells after that are not run, but the exercises are still scored.
-        key_dir: folder of the answer keys, to report deleted cells (None: don't).
-        jobs: how many submissions run at once (shares the CPU threads between kernels).
+def _execute(
+    nb, exercise_ids: list[str], raw: bytes, name: str, timeout, notebook_timeout, jobs: int
+) -> tuple[dict[str, dict], list[str]]:
+    """Run notebook ``nb`` in a fresh kernel, in a temporary folder holding a copy of the
+    submission (``raw``, saved as ``name``), then one grading cell per exercise.
 
     Returns:
-        A :class:`Submission`; never raises because of the submission's content.
+        ``({exercise id: checker result as a dict}, [problems])``.
     """
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
 
-    path = Path(path)
-    t0 = time.perf_counter()
-    raw = path.read_bytes()
-    digest = hashlib.sha256(raw).hexdigest()
-    row = Submission(str(path), path.stem, None, 0.0, 0, sha256=digest)
-    try:
-        nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
-    except Exception as e:  # not JSON, not a notebook, not UTF-8
-        nb = None
-        row.problems.append(f"not a readable notebook: {type(e).__name__}: {str(e)[:120]}")
-    notebook = _identify(nb, path)
-    row.notebook, row.student = notebook, _student(path, notebook)
-    if notebook is None and nb is not None:
-        row.problems.append(
-            "unknown exercise notebook: its metadata names none and its file name contains "
-            f"none of {', '.join(NOTEBOOKS)}"
-        )
-    exercise_ids = [i for i, ex in EXERCISES.items() if ex.notebook == notebook]
-    row.maximum = sum(EXERCISES[i].points for i in exercise_ids)
-    if nb is None or notebook is None:
-        row.exercises = [
-            ExerciseScore(i, False, 0.0, EXERCISES[i].points, "not checked (see problems)")
-            for i in exercise_ids
-        ]
-        row.seconds = time.perf_counter() - t0
-        return row
-    missing = _missing_cells(nb, notebook, Path(key_dir) if key_dir else None)
-    if missing:
-        row.problems.append(
-            "cells missing compared with the released notebook: " + ", ".join(missing)
-        )
-
     token = f"KDLIB-GRADE-{secrets.token_hex(8)}:"
     results: dict[str, dict] = {}
-    notebook_timeout = notebook_timeout or 5 * timeout
+    problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="kdlib-grade-") as tmp:
-        copy_path = Path(tmp) / path.name
-        copy_path.write_bytes(raw)  # the kernel's folder holds a copy, never the original
+        # The kernel's folder holds a copy; the submitted file is never opened for writing.
+        (Path(tmp) / name).write_bytes(raw)
         n_cells = len(nb.cells)
         # Warm-up first: torch and kdlib load before any timed cell, so a slow import on a
         # busy machine is never mistaken for the learner's code running too long.
@@ -271,15 +228,13 @@ def grade_one(
             with client.setup_kernel(env=_kernel_env(jobs), cwd=tmp, stderr=subprocess.DEVNULL):
                 client.execute_cell(warm, n_cells)
                 if _error(warm):
-                    row.problems.append(
-                        f"kdlib could not be imported in the kernel: {_error(warm)}"
-                    )
+                    problems.append(f"kdlib could not be imported in the kernel: {_error(warm)}")
                 deadline = time.monotonic() + notebook_timeout
                 for index, cell in enumerate(nb.cells[:n_cells]):
                     if cell.cell_type != "code":
                         continue
                     if time.monotonic() > deadline:
-                        row.problems.append(
+                        problems.append(
                             f"stopped after {notebook_timeout:g} s: cells from {index + 1} "
                             "on were not run"
                         )
@@ -287,7 +242,7 @@ def grade_one(
                     client.execute_cell(cell, index)
                     problem = _cell_problem(index + 1, cell, timed_out.get(index))
                     if problem:
-                        row.problems.append(problem)
+                        problems.append(problem)
                 for index, (exercise_id, cell) in enumerate(
                     zip(exercise_ids, grading, strict=True), start=n_cells + 1
                 ):
@@ -303,12 +258,74 @@ def grade_one(
                             "message": f"could not be checked: {why}",
                         }
         except DeadKernelError:
-            row.problems.append(
+            problems.append(
                 "the kernel died (the notebook exited Python, crashed or ran out of memory); "
                 "exercises not checked by then score 0"
             )
         except Exception as e:  # the kernel could not start, or nbclient failed
-            row.problems.append(f"could not run the notebook: {type(e).__name__}: {e}")
+            problems.append(f"could not run the notebook: {type(e).__name__}: {e}")
+    return results, problems
+
+
+def grade_one(
+    path: str | os.PathLike,
+    timeout: float = 60,
+    notebook_timeout: float | None = None,
+    key_dir: str | os.PathLike | None = EXERCISES_DIR / "source",
+    jobs: int = 1,
+) -> Submission:
+    """Grade one submitted notebook (the file is read once and never written).
+
+    Args:
+        path: the submitted ``.ipynb``.
+        timeout: seconds a cell may run before it is interrupted.
+        notebook_timeout: seconds the notebook's cells may run in all, counted after the
+            kernel has started and imported kdlib (default ``5 × timeout``); cells after that
+            are not run, but the exercises are still scored.
+        key_dir: folder of the answer keys, to report deleted cells (None: don't).
+        jobs: how many submissions run at once (shares the CPU threads between kernels).
+
+    Returns:
+        A :class:`Submission`; never raises because of the submission's content.
+    """
+    import nbformat
+
+    path = Path(path)
+    t0 = time.perf_counter()
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    row = Submission(str(path), path.stem, None, 0.0, 0, sha256=digest)
+    try:
+        nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
+    except Exception as e:  # not JSON, not a notebook, not UTF-8
+        nb = None
+        row.problems.append(f"not a readable notebook: {type(e).__name__}: {str(e)[:120]}")
+    notebook = _identify(nb, path)
+    row.notebook, row.student = notebook, _student(path, notebook)
+    if notebook is None and nb is not None:
+        row.problems.append(
+            "unknown exercise notebook: its metadata names none and its file name contains "
+            f"none of {', '.join(NOTEBOOKS)}"
+        )
+    exercise_ids = [i for i, ex in EXERCISES.items() if ex.notebook == notebook]
+    row.maximum = sum(EXERCISES[i].points for i in exercise_ids)
+    if nb is None or notebook is None:
+        row.exercises = [
+            ExerciseScore(i, False, 0.0, EXERCISES[i].points, "not checked (see problems)")
+            for i in exercise_ids
+        ]
+        row.seconds = time.perf_counter() - t0
+        return row
+    missing = _missing_cells(nb, notebook, Path(key_dir) if key_dir else None)
+    if missing:
+        row.problems.append(
+            "cells missing compared with the released notebook: " + ", ".join(missing)
+        )
+
+    results, problems = _execute(
+        nb, exercise_ids, raw, path.name, timeout, notebook_timeout or 5 * timeout, jobs
+    )
+    row.problems += problems
     for exercise_id in exercise_ids:
         ex = EXERCISES[exercise_id]
         r = results.get(
