@@ -975,56 +975,61 @@ class Sensitivity:
         )
 
     def suggest(self, target_sparsity: float) -> dict[str, float]:
-        r"""Per-layer amounts reaching ``target_sparsity`` overall, sparing sensitive layers.
+        r"""Per-layer amounts reaching ``target_sparsity`` overall at the least predicted loss.
 
-        Every layer is pruned as far as it goes while losing at most the same accuracy
-        :math:`\delta` (read off its scan, linearly interpolated, never past a point where
-        it lost more); :math:`\delta` is the smallest value whose amounts reach the target
-        when weighted by layer size. Robust layers thus take most of the sparsity.
+        Each layer's scan gives its accuracy drop :math:`d_\ell` against the number of
+        weights removed (never decreasing, and convexified: the lower convex hull through
+        0). Treating the drops as additive, the cheapest way to remove
+        :math:`s \cdot N` weights takes the hull segments in order of drop per weight
+        removed, so every layer ends where one more weight would cost about as much as in
+        any other layer. Robust layers take most of the sparsity; a fragile one may keep
+        all its weights.
 
         Returns:
             ``{layer: amount}``, ready for ``magnitude_prune(model, amounts)``.
         """
         if not 0 <= target_sparsity < 1:
             raise ValueError(f"target_sparsity must be in [0, 1), got {target_sparsity!r}")
-        grid = np.array([0.0, *self.amounts])
-        curves = {}
-        for name in self.accuracy:
-            drop = np.array([0.0, *self.drop(name)])
-            curves[name] = np.maximum.accumulate(np.maximum(drop, 0.0))
+        segments = []  # (drop per weight removed, layer, weights removed by the segment)
+        for name, n in self.sizes.items():
+            removed = np.array([0.0, *self.amounts]) * n
+            drop = np.maximum.accumulate(np.maximum([0.0, *self.drop(name)], 0.0))
+            hull = _lower_hull(removed, drop)
+            for i, j in zip(hull, hull[1:], strict=False):
+                slope = (drop[j] - drop[i]) / (removed[j] - removed[i])
+                segments.append((slope, name, removed[j] - removed[i]))
         total = sum(self.sizes.values())
-
-        def amounts_at(delta: float) -> dict[str, float]:
-            out = {}
-            for name, mono in curves.items():
-                ok = np.nonzero(mono <= delta)[0][-1]
-                a = grid[ok]
-                if ok + 1 < len(grid) and mono[ok + 1] > mono[ok]:
-                    frac = (delta - mono[ok]) / (mono[ok + 1] - mono[ok])
-                    a += frac * (grid[ok + 1] - grid[ok])
-                out[name] = float(a)
-            return out
-
-        def overall(amounts: dict[str, float]) -> float:
-            return sum(amounts[n] * self.sizes[n] for n in amounts) / total
-
-        hi = max(float(c[-1]) for c in curves.values())
-        if overall(amounts_at(hi)) < target_sparsity - 1e-12:
+        reachable = sum(w for _, _, w in segments) / total
+        if target_sparsity > reachable + 1e-12:
             raise ValueError(
                 f"target_sparsity={target_sparsity} is above what the scanned amounts reach "
-                f"({overall(amounts_at(hi)):.3f}); scan larger amounts"
+                f"({reachable:.3f}); scan larger amounts"
             )
-        lo = 0.0
-        if overall(amounts_at(lo)) < target_sparsity:
-            for _ in range(60):
-                mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if overall(amounts_at(mid)) < target_sparsity else (lo, mid)
-        else:
-            hi = lo
-        amounts = amounts_at(hi)
-        # Scaling down lowers every layer's loss, so the equal-loss bound still holds.
-        scale = target_sparsity / overall(amounts) if overall(amounts) > 0 else 0.0
-        return {n: round(a * scale, 4) for n, a in amounts.items()}
+        need = target_sparsity * total
+        taken = dict.fromkeys(self.sizes, 0.0)
+        # A stable sort keeps each layer's segments in order when slopes tie.
+        for _, name, width in sorted(segments, key=lambda seg: seg[0]):
+            if need <= 0:
+                break
+            take = min(width, need)
+            taken[name] += take
+            need -= take
+        return {name: float(taken[name] / n) for name, n in self.sizes.items()}
+
+
+def _lower_hull(x: np.ndarray, y: np.ndarray) -> list[int]:
+    """Indices of the lower convex hull of points sorted by ``x`` (first and last kept)."""
+    hull: list[int] = []
+    for k in range(len(x)):
+        while len(hull) >= 2:
+            i, j = hull[-2], hull[-1]
+            # drop j if it lies on or above the line from i to k
+            if (y[j] - y[i]) * (x[k] - x[i]) >= (y[k] - y[i]) * (x[j] - x[i]):
+                hull.pop()
+            else:
+                break
+        hull.append(k)
+    return hull
 
 
 def sensitivity_scan(

@@ -303,16 +303,25 @@ def test_suggest_spares_the_sensitive_layer_and_reaches_target():
         accuracy={"robust": [0.9, 0.89], "fragile": [0.8, 0.4]},
         sizes={"robust": 300, "fragile": 100},
     )
-    # At a loss of 0.005 the robust layer reaches 0.5 + 0.4 * 0.5 = 0.7 and the fragile
-    # one 0.5 * 0.005 / 0.1 = 0.025: overall (0.7 * 300 + 0.025 * 100) / 400 = 0.53125.
-    amounts = sens.suggest(0.53125)
-    assert amounts == pytest.approx({"robust": 0.7, "fragile": 0.025}, abs=1e-4)
+    # Drop per weight removed: robust 0 for its first 150 weights, then 0.01 / 120;
+    # fragile 0.1 / 50, then 0.4 / 40. The cheapest 212.5 weights are all in robust.
+    assert sens.suggest(0.53125) == pytest.approx({"robust": 212.5 / 300, "fragile": 0.0})
+    # 280 weights: robust's 270, then the first 10 of fragile.
+    assert sens.suggest(0.7) == pytest.approx({"robust": 0.9, "fragile": 0.1})
     for target in (0.2, 0.6, 0.7):
         a = sens.suggest(target)
         assert (a["robust"] * 300 + a["fragile"] * 100) / 400 == pytest.approx(target, abs=1e-4)
-        assert a["robust"] > a["fragile"]
+        assert a["robust"] >= a["fragile"]
     with pytest.raises(ValueError, match="above what the scanned amounts reach"):
         sens.suggest(0.95)
+
+
+def test_suggest_follows_the_convex_hull_of_a_scan():
+    # 0.05 lost at 50% but only 0.06 at 90%: the hull is the chord from 0 to 90%.
+    sens = prune.Sensitivity(0.9, [0.5, 0.9], {"c": [0.85, 0.84]}, {"c": 100})
+    assert sens.suggest(0.45) == pytest.approx({"c": 0.45})
+    assert prune._lower_hull([0, 50, 90], [0, 0.05, 0.06]) == [0, 2]
+    assert prune._lower_hull([0, 1, 2, 3], [0, 0, 1, 3]) == [0, 1, 2, 3]
 
 
 def test_sparsity_sweep_does_not_touch_the_model(data):
