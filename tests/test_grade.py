@@ -187,6 +187,7 @@ def test_files_that_are_no_notebook_are_graded_without_a_kernel(tmp_path, capsys
     printed = capsys.readouterr().out
     assert "zoe" in printed and "not a readable notebook" in printed
     assert "graded 2 submissions in" in printed and "wall time" in printed
+    assert "CPU time of the grader and its kernels: " in printed
     rows = list(csv.DictReader(report.open()))
     assert [r["student"] for r in rows] == ["zoe", "notes"]
     assert rows[0]["notebook"] == "04_soft_target_kd" and rows[0]["maximum"] == "4"
