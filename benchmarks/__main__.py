@@ -2,12 +2,13 @@
 
 import sys
 
-from . import kd_cache, presets, train_loop
+from . import kd_cache, presets, prune_latency, train_loop
 
 BENCHMARKS = {
     "fit": train_loop.main,
     "presets": presets.main,
     "kd-cache": kd_cache.main,
+    "prune-latency": prune_latency.main,
 }
 
 
