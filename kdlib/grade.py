@@ -408,6 +408,10 @@ def students(rows: Sequence[Submission]) -> dict[str, dict[str, float]]:
     return dict(sorted(totals.items()))
 
 
+def _clip(text: str, width: int = 110) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _brief(message: str) -> tuple[str, str]:
     """A checker's message as (which check failed, its hint), for the printed summary."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
@@ -446,9 +450,9 @@ def summary(
             lines.append(f"    {mark} {e.exercise:<18} {e.points:g}/{e.max_points}")
             if not e.passed:
                 what, hint = _brief(e.message)
-                lines.append(f"        {what[:100]}")
+                lines.append(f"        {_clip(what)}")
                 if hint:
-                    lines.append(f"        hint: {hint[:100]}")
+                    lines.append(f"        hint: {_clip(hint)}")
         for p in r.problems:
             lines.append(f"    ! {p}")
     lines.append("")
