@@ -156,6 +156,51 @@ def schedule_explorer(s_i: float = 0.0, s_f: float = 0.9, n: int = 10, t0: int =
 
 # --------------------------------------------------------------------------------------------
 # Distillation (notebooks 02 to 05)
+#
+# These panels write their Output widget's ``outputs`` directly instead of printing inside
+# ``with output:``. Captured prints reach the Output only where the front end routes them
+# (JupyterLab, nbclient); under nbval they would land in the cell's own outputs and make a
+# notebook that drives a widget fail its output check. Figures are plain matplotlib
+# ``Figure`` objects (not pyplot's), rendered to PNG and never left open.
+_PANEL_CLASS = None
+
+
+def _panel(children, kind: str):
+    """A VBox whose text form is the line it shows, so a notebook's stored output is stable."""
+    global _PANEL_CLASS
+    if _PANEL_CLASS is None:
+        import ipywidgets as widgets
+
+        class Panel(widgets.VBox):
+            def __repr__(self) -> str:
+                return f"{self.kind}({self.state.get('line', '')})"
+
+        _PANEL_CLASS = Panel
+    box = _PANEL_CLASS(children)
+    box.kind, box.state, box.figure = kind, {}, None
+    return box
+
+
+def _show_panel(box, line: str, fig) -> None:
+    """Replace ``box.output``'s contents with ``line`` and ``fig`` as a PNG, in one update."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    w, h = fig.get_size_inches() * fig.dpi
+    png = base64.b64encode(buf.getvalue()).decode("ascii")
+    box.figure = fig
+    box.output.outputs = (
+        {"output_type": "stream", "name": "stdout", "text": line + "\n"},
+        {
+            "output_type": "display_data",
+            "data": {"image/png": png, "text/plain": f"<Figure size {w:.0f}x{h:.0f}>"},
+            "metadata": {},
+        },
+    )
+
+
 def temperature_slider(
     logits,
     classes,
@@ -169,8 +214,8 @@ def temperature_slider(
 ):
     """A slider labelled ``T`` over a teacher's softmax for one input (:func:`kdlib.soften`).
 
-    Each move prints ``T = … | top classes: 7 62.1%, 9 14.0%, 4 8.2% | entropy … nats`` and
-    redraws the input image (if given) next to :func:`kdlib.viz.softmax_bars`.
+    Each move shows ``T = … | top classes: 7 62.1%, 9 14.0%, 4 8.2% | entropy … nats`` above
+    the input image (if given) and :func:`kdlib.viz.softmax_bars` at that ``T``.
 
     Args:
         logits: ``(C,)`` the teacher's logits for one input.
@@ -178,56 +223,54 @@ def temperature_slider(
         image: ``(H, W)`` pixels in [0, 1] to show beside the bars.
         true_class: index of the correct class (green bar).
         T, T_min, T_max, step: the slider's start, range and step.
-        k: how many top classes the printed line names.
+        k: how many top classes the line names.
 
     Returns:
         ``ipywidgets.VBox([slider, output])`` with attributes ``slider`` (``FloatSlider``,
-        description ``"T"``), ``output`` and ``state`` (the last shown ``{"T", "probs",
-        "top", "entropy", "line"}``).
+        description ``"T"``), ``output``, ``figure`` (the last drawn) and ``state`` (the last
+        shown ``{"T", "probs", "top", "entropy", "line"}``).
     """
     import ipywidgets as widgets
     import torch
+    from matplotlib.figure import Figure
 
     from .losses import soften
 
     z = torch.as_tensor(logits).detach().cpu().flatten().double()
     if len(z) != len(classes):
         raise ValueError(f"{len(z)} logits but {len(classes)} class names")
+    pixels = None if image is None else torch.as_tensor(image).detach().cpu().numpy()
     slider = widgets.FloatSlider(
         value=T, min=T_min, max=T_max, step=step, description="T", continuous_update=False,
         readout_format=".1f", layout=widgets.Layout(width="420px"),
     )  # fmt: skip
     output = widgets.Output()
-    box = widgets.VBox([slider, output])
-    box.slider, box.output, box.state = slider, output, {}
+    box = _panel([slider, output], "temperature_slider")
+    box.slider, box.output = slider, output
 
     def show(change=None) -> None:
         t = float(slider.value)
         p = soften(z, t)
         entropy = float(-(p * p.clamp_min(1e-300).log()).sum())
-        top = torch.topk(p, min(k, len(p)))
-        named = [(str(classes[int(i)]), float(p[i])) for i in top.indices]
+        top = torch.topk(p, min(k, len(p))).indices
+        named = [(str(classes[int(i)]), float(p[i])) for i in top]
         line = (
             f"T = {t:.1f} | top classes: "
             + ", ".join(f"{c} {v:.1%}" for c, v in named)
             + f" | entropy {entropy:.2f} nats"
         )
         box.state.update(T=t, probs=p, top=named, entropy=entropy, line=line)
-        output.clear_output(wait=True)
-        with output:
-            print(line)
-            if image is not None:
-                fig, (ax_img, ax) = plt.subplots(
-                    1, 2, figsize=(7.0, 2.8), gridspec_kw={"width_ratios": [1, 2.6]}
-                )
-                pixels = torch.as_tensor(image).detach().cpu().numpy()
-                ax_img.imshow(pixels, cmap="gray_r", vmin=0, vmax=1)
-                ax_img.set_axis_off()
-            else:
-                fig, ax = plt.subplots(figsize=(5.5, 2.8))
-            viz.softmax_bars(p, classes, T=t, true_class=true_class, ax=ax)
-            fig.tight_layout()
-            _show_figure(fig)
+        if pixels is not None:
+            fig = Figure(figsize=(7.0, 2.8))
+            ax_img, ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2.6]})
+            ax_img.imshow(pixels, cmap="gray_r", vmin=0, vmax=1)
+            ax_img.set_axis_off()
+        else:
+            fig = Figure(figsize=(5.5, 2.8))
+            ax = fig.subplots()
+        viz.softmax_bars(p, classes, T=t, true_class=true_class, ax=ax)
+        fig.tight_layout()
+        _show_panel(box, line, fig)
 
     slider.observe(show, names="value")
     show()
@@ -244,26 +287,28 @@ def _history_line(prefix: str, hist) -> str:
 def lambda_slider(sweep, value: float | None = None):
     """A slider labelled ``λ`` over a precomputed :func:`kdlib.distill.distill_sweep` on ``lam``.
 
-    Moving it only looks runs up: it prints the chosen run's final test accuracy, agreement
-    and KL with the teacher, and redraws every run's test accuracy per epoch with the chosen
-    one highlighted (:func:`kdlib.viz.history_curves`).
+    Moving it only looks runs up: it shows the chosen run's final test accuracy, agreement
+    and KL with the teacher, and every run's test accuracy per epoch with the chosen one
+    highlighted (:func:`kdlib.viz.history_curves`).
 
     Returns:
         ``ipywidgets.VBox([slider, output])`` with attributes ``slider``
-        (``SelectionSlider``), ``output`` and ``state`` (``{"lam", "history", "line"}``).
+        (``SelectionSlider``), ``output``, ``figure`` and ``state``
+        (``{"lam", "history", "line"}``).
     """
     import ipywidgets as widgets
+    from matplotlib.figure import Figure
 
-    lams = sweep.values("lam")
-    if len(sweep.keys) != 1:
+    if sweep.keys != ["lam"]:
         raise ValueError(f"lambda_slider needs a sweep over 'lam' only, got {sweep.keys}")
+    lams = sweep.values("lam")
     slider = widgets.SelectionSlider(
         options=[(f"{v:g}", v) for v in lams], value=lams[0] if value is None else value,
         description="λ", continuous_update=False, layout=widgets.Layout(width="420px"),
     )  # fmt: skip
     output = widgets.Output()
-    box = widgets.VBox([slider, output])
-    box.slider, box.output, box.state = slider, output, {}
+    box = _panel([slider, output], "lambda_slider")
+    box.slider, box.output = slider, output
     labelled = {f"λ = {v:g}": sweep.lookup(lam=v) for v in lams}
 
     def show(change=None) -> None:
@@ -271,12 +316,11 @@ def lambda_slider(sweep, value: float | None = None):
         hist = sweep.lookup(lam=lam)
         line = _history_line(f"λ = {lam:g}", hist)
         box.state.update(lam=lam, history=hist, line=line)
-        output.clear_output(wait=True)
-        with output:
-            print(line)
-            ax = viz.history_curves(labelled, "test_acc", highlight=f"λ = {lam:g}")
-            ax.set_title("CE + λ·MSE(logits): test accuracy per epoch", fontsize=10)
-            _show_figure(ax.figure)
+        fig = Figure(figsize=(5.5, 3.2))
+        ax = viz.history_curves(labelled, "test_acc", highlight=f"λ = {lam:g}", ax=fig.subplots())
+        ax.set_title("CE + λ·MSE(logits): test accuracy per epoch", fontsize=10)
+        fig.tight_layout()
+        _show_panel(box, line, fig)
 
     slider.observe(show, names="value")
     show()
@@ -286,15 +330,16 @@ def lambda_slider(sweep, value: float | None = None):
 def alpha_T_explorer(sweep, alpha: float | None = None, T: float | None = None):
     """Sliders ``α`` and ``T`` over a precomputed :func:`kdlib.distill.distill_sweep` grid.
 
-    Moving either only looks the run up: it prints the run's final test accuracy, agreement
-    and KL with the teacher, and redraws the grid's accuracies as a heat map
+    Moving either only looks the run up: it shows the run's final test accuracy, agreement
+    and KL with the teacher, and the grid's accuracies as a heat map
     (:func:`kdlib.viz.grid_heatmap`) with the chosen cell outlined.
 
     Returns:
         ``ipywidgets.VBox`` with attributes ``alpha`` and ``T`` (``SelectionSlider``),
-        ``output`` and ``state`` (``{"alpha", "T", "history", "line"}``).
+        ``output``, ``figure`` and ``state`` (``{"alpha", "T", "history", "line"}``).
     """
     import ipywidgets as widgets
+    from matplotlib.figure import Figure
 
     if sorted(sweep.keys) != ["T", "alpha"]:
         raise ValueError(f"alpha_T_explorer needs a sweep over 'alpha' and 'T', got {sweep.keys}")
@@ -308,8 +353,8 @@ def alpha_T_explorer(sweep, alpha: float | None = None, T: float | None = None):
 
     a_w, t_w = slider("α", alphas, alpha), slider("T", Ts, T)
     output = widgets.Output()
-    box = widgets.VBox([widgets.HBox([a_w, t_w]), output])
-    box.alpha, box.T, box.output, box.state = a_w, t_w, output, {}
+    box = _panel([widgets.HBox([a_w, t_w]), output], "alpha_T_explorer")
+    box.alpha, box.T, box.output = a_w, t_w, output
     finals = {}
     for setting, acc in sweep.final("test_acc").items():
         d = dict(zip(sweep.keys, setting, strict=True))
@@ -320,14 +365,13 @@ def alpha_T_explorer(sweep, alpha: float | None = None, T: float | None = None):
         hist = sweep.lookup(alpha=a, T=t)
         line = _history_line(f"α = {a:g}, T = {t:g}", hist)
         box.state.update(alpha=a, T=t, history=hist, line=line)
-        output.clear_output(wait=True)
-        with output:
-            print(line)
-            ax = viz.grid_heatmap(
-                finals, alphas, Ts, "α (weight of the soft loss)", "T (temperature)",
-                mark=(a, t), title="final test accuracy",
-            )  # fmt: skip
-            _show_figure(ax.figure)
+        fig = Figure(figsize=(4.6, 3.2))
+        viz.grid_heatmap(
+            finals, alphas, Ts, "α (weight of the soft loss)", "T (temperature)",
+            mark=(a, t), title="final test accuracy", ax=fig.subplots(),
+        )  # fmt: skip
+        fig.tight_layout()
+        _show_panel(box, line, fig)
 
     a_w.observe(show, names="value")
     t_w.observe(show, names="value")
@@ -336,12 +380,12 @@ def alpha_T_explorer(sweep, alpha: float | None = None, T: float | None = None):
 
 
 def strategy_picker(histories: dict, reference: float | None = None, value: str | None = None):
-    """Buttons labelled by inheritance strategy over precomputed :func:`kdlib.distill_params`
-    histories.
+    """Buttons labelled by inheritance strategy over precomputed
+    :func:`kdlib.params.distill_params` histories.
 
-    Picking one prints its accuracy before training, its final accuracy and why it stopped,
-    and redraws test accuracy per epoch (epoch 0 = inherited weights, before training) next to
-    the relative parameter change per epoch with the stopping tolerance.
+    Picking one shows its accuracy before training, its final accuracy and why it stopped,
+    with test accuracy per epoch (epoch 0 = the inherited weights, before any training) next
+    to the relative parameter change per epoch and the stopping tolerance.
 
     Args:
         histories: ``{strategy: history}`` from :func:`kdlib.params.distill_params`.
@@ -349,10 +393,11 @@ def strategy_picker(histories: dict, reference: float | None = None, value: str 
         value: the strategy shown first (default: the first).
 
     Returns:
-        ``ipywidgets.VBox`` with attributes ``picker`` (``ToggleButtons``), ``output`` and
-        ``state`` (``{"strategy", "history", "line"}``).
+        ``ipywidgets.VBox`` with attributes ``picker`` (``ToggleButtons``), ``output``,
+        ``figure`` and ``state`` (``{"strategy", "history", "line"}``).
     """
     import ipywidgets as widgets
+    from matplotlib.figure import Figure
 
     names = list(histories)
     if not names:
@@ -361,8 +406,8 @@ def strategy_picker(histories: dict, reference: float | None = None, value: str 
         options=names, value=names[0] if value is None else value, description="strategy"
     )
     output = widgets.Output()
-    box = widgets.VBox([picker, output])
-    box.picker, box.output, box.state = picker, output, {}
+    box = _panel([picker, output], "strategy_picker")
+    box.picker, box.output = picker, output
     start = {n: h.info["init_acc"] for n, h in histories.items()}
 
     def show(change=None) -> None:
@@ -373,20 +418,18 @@ def strategy_picker(histories: dict, reference: float | None = None, value: str 
             f"{hist.last('test_acc'):.1%} after {hist.epochs} epochs | stop: {hist.stop_reason}"
         )
         box.state.update(strategy=name, history=hist, line=line)
-        output.clear_output(wait=True)
-        with output:
-            print(line)
-            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.2))
-            viz.history_curves(
-                histories, "test_acc", highlight=name, hline=reference,
-                hline_label="scratch, final", start=start, ax=ax1,
-            )  # fmt: skip
-            viz.history_curves(
-                histories, "param_change", highlight=name, hline=hist.info["tol"],
-                hline_label="tol", percent=False, logy=True, ax=ax2,
-            )  # fmt: skip
-            fig.tight_layout()
-            _show_figure(fig)
+        fig = Figure(figsize=(9.0, 3.2))
+        ax1, ax2 = fig.subplots(1, 2)
+        viz.history_curves(
+            histories, "test_acc", highlight=name, hline=reference,
+            hline_label="scratch, final", start=start, ax=ax1,
+        )  # fmt: skip
+        viz.history_curves(
+            histories, "param_change", highlight=name, hline=hist.info["tol"],
+            hline_label="tol", percent=False, logy=True, ax=ax2,
+        )  # fmt: skip
+        fig.tight_layout()
+        _show_panel(box, line, fig)
 
     picker.observe(show, names="value")
     show()

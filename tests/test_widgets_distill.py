@@ -29,20 +29,15 @@ def _hist(accs, agreement=0.9, kl=0.1, **info):
     return History(rows=rows, info=dict(info))
 
 
-@pytest.fixture
-def shown(monkeypatch):
-    """The figures the widgets display (outside a kernel nothing is rendered)."""
-    figures = []
-
-    def record(fig):
-        figures.append(fig)
-        matplotlib.pyplot.close(fig)
-
-    monkeypatch.setattr(widgets, "_show_figure", record)
-    return figures
+def _shown(box):
+    """What the panel's Output holds: the printed line and one PNG image."""
+    outs = box.output.outputs
+    assert [o["output_type"] for o in outs] == ["stream", "display_data"]
+    assert "image/png" in outs[1]["data"]
+    return outs[0]["text"]
 
 
-def test_temperature_slider_shows_soften_at_the_slider_value(shown, capsys):
+def test_temperature_slider_shows_soften_at_the_slider_value():
     logits = torch.tensor([0.5, 1.0, 7.0, 3.0, 0.0, 0.0, 0.0, 4.0, 0.0, 2.0])
     box = widgets.temperature_slider(logits, CLASSES, image=torch.rand(28, 28), true_class=2)
     assert box.slider.description == "T" and box.state["T"] == 1.0
@@ -54,8 +49,8 @@ def test_temperature_slider_shows_soften_at_the_slider_value(shown, capsys):
         assert [c for c, _ in box.state["top"]] == [CLASSES[i] for i in top]
         assert box.state["line"].startswith(f"T = {T:.1f} | top classes: 2 ")
         assert box.state["entropy"] == pytest.approx(float(-(p * p.log()).sum()))
-        assert box.state["line"] in capsys.readouterr().out
-        fig = shown[-1]  # one redrawn figure: the digit and the bars at this T
+        assert _shown(box) == box.state["line"] + "\n"
+        fig = box.figure  # redrawn: the digit and the bars at this T
         bars = [p.get_height() for p in fig.axes[1].patches]
         assert bars == pytest.approx(p.tolist())
         assert fig.axes[1].get_title() == f"teacher's softmax at T = {T:g}"
@@ -71,7 +66,7 @@ def test_temperature_slider_bad_input():
         widgets.temperature_slider(torch.zeros(3), CLASSES)
 
 
-def test_lambda_slider_looks_runs_up(shown):
+def test_lambda_slider_looks_runs_up():
     sweep = DistillSweep(
         ["lam"],
         [(0.0,), (0.1,), (1.0,)],
@@ -82,14 +77,15 @@ def test_lambda_slider_looks_runs_up(shown):
     box.slider.value = 0.1
     assert box.state["history"] is sweep.lookup(lam=0.1)
     assert box.state["line"].startswith("λ = 0.1 | test accuracy 93.0% | agreement with teacher")
-    assert len(shown) == 2  # drawn once at start, once after the move
-    widths = {line.get_label(): line.get_linewidth() for line in shown[-1].axes[0].lines}
+    assert _shown(box).startswith("λ = 0.1 | test accuracy 93.0%")
+    assert repr(box) == f"lambda_slider({box.state['line']})"
+    widths = {line.get_label(): line.get_linewidth() for line in box.figure.axes[0].lines}
     assert widths["λ = 0.1"] > widths["λ = 0"]  # the chosen run is highlighted
     with pytest.raises(ValueError, match="sweep over 'lam' only"):
         widgets.lambda_slider(DistillSweep(["lam", "T"], [(0.0, 1.0)], [_hist([0.5])]))
 
 
-def test_alpha_T_explorer_looks_runs_up(shown):
+def test_alpha_T_explorer_looks_runs_up():
     settings = [(a, T) for a in (0.5, 0.9) for T in (1.0, 4.0)]
     hists = [_hist([0.9 + 0.01 * i]) for i in range(4)]
     sweep = DistillSweep(["alpha", "T"], settings, hists)
@@ -100,14 +96,14 @@ def test_alpha_T_explorer_looks_runs_up(shown):
     box.T.value = 1.0
     assert box.state["history"] is hists[0]
     assert box.state["line"].startswith("α = 0.5, T = 1 | test accuracy 90.0%")
-    assert len(shown) == 3
-    heat = sum(shown[-1].axes[0].images[0].get_array().tolist(), [])
+    assert _shown(box).startswith("α = 0.5, T = 1 |")
+    heat = sum(box.figure.axes[0].images[0].get_array().tolist(), [])
     assert heat == pytest.approx([90.0, 91.0, 92.0, 93.0])
     with pytest.raises(ValueError, match="sweep over 'alpha' and 'T'"):
         widgets.alpha_T_explorer(DistillSweep(["lam"], [(0.0,)], [_hist([0.5])]))
 
 
-def test_strategy_picker_shows_each_strategy(shown):
+def test_strategy_picker_shows_each_strategy():
     hists = {
         "top-units": _hist([0.95, 0.955], init_acc=0.947, tol=2e-3),
         "svd": _hist([0.94, 0.95, 0.951], init_acc=0.946, tol=2e-3),
@@ -121,7 +117,8 @@ def test_strategy_picker_shows_each_strategy(shown):
         "svd: 94.6% before training, 95.1% after 3 epochs | stop: converged: parameter "
         "change 1.0e-03 < tol 0.002"
     )
-    acc_axes = shown[-1].axes[0]
+    assert _shown(box) == box.state["line"] + "\n"
+    acc_axes = box.figure.axes[0]
     svd_line = next(line for line in acc_axes.lines if line.get_label() == "svd")
     assert list(svd_line.get_ydata()) == pytest.approx([94.6, 94.0, 95.0, 95.1])
     with pytest.raises(ValueError, match="at least one history"):
