@@ -21,7 +21,7 @@ def swept():
     return data, net, sweep
 
 
-def test_sparsity_slider_looks_up_the_precomputed_sweep(swept, capsys):
+def test_sparsity_slider_looks_up_the_precomputed_sweep(swept):
     data, net, sweep = swept
     box = widgets.sparsity_slider(net, sweep, layer="fc1")
     assert box.state["sparsity"] == 0.9  # the middle option
@@ -31,7 +31,10 @@ def test_sparsity_slider_looks_up_the_precomputed_sweep(swept, capsys):
         assert box.state["accuracy"] == kdlib.evaluate(ref, data)["accuracy"]
         assert box.state["kept"] == int(ref.fc1.weight_mask.sum())
         assert f"sparsity {s:.0%} | test accuracy" in box.state["line"]
-    assert box.state["line"] in capsys.readouterr().out
+    line, image = box.output.outputs
+    assert line["text"] == box.state["line"] + "\n"
+    assert image["data"]["image/png"] and box.figure is not None
+    assert repr(box) == f"sparsity_slider({box.state['line']})"  # what a notebook stores
     assert [label for label, _ in box.slider.options] == ["0%", "50%", "90%", "99%"]
     assert not torch.nn.utils.prune.is_pruned(net)
     plt.close("all")
@@ -46,7 +49,7 @@ def test_sparsity_slider_bad_input(swept):
         widgets.sparsity_slider(net, no_masks)
 
 
-def test_schedule_explorer_follows_the_formula(capsys):
+def test_schedule_explorer_follows_the_formula():
     box = widgets.schedule_explorer(s_i=0.0, s_f=0.8, n=4)
     sched = box.state["schedule"]
     assert sched == prune.agp_schedule(0.0, 0.8, 0, 4, 1)
@@ -58,7 +61,8 @@ def test_schedule_explorer_follows_the_formula(capsys):
     box.s_i.value = 0.9  # above s_f: the schedule's own error is shown
     assert box.state["schedule"] is None
     assert "s_f=0.8 is below s_i=0.9" in box.state["line"]
-    assert "invalid schedule" in capsys.readouterr().out
+    assert box.output.outputs[0]["text"].startswith("invalid schedule: s_f=0.8 is below")
+    assert len(box.output.outputs) == 1  # no plot for an invalid schedule
     plt.close("all")
 
 
