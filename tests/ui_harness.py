@@ -127,6 +127,7 @@ class UiSession:
         self._playwright = None
         self._browser = None
         self._runs = 0
+        self.traffic: dict = {}  # page -> _KernelTraffic
 
     def __enter__(self) -> UiSession:
         try:
@@ -236,6 +237,7 @@ class UiSession:
         Without ``path``, a blank page (for tests of the harness's page logic).
         """
         page = self._browser.new_page()
+        self.traffic[page] = _KernelTraffic(page)
         if path is None:
             return page
         page.goto(f"{self.url}/lab/workspaces/ui{self._runs}/tree/{path}?reset&token={self.token}")
@@ -278,6 +280,51 @@ class UiSession:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
+class _KernelTraffic:
+    """Follows the kernel's status messages (busy, idle) that a page receives.
+
+    JupyterLab's status indicator shows one status for the whole kernel, but widget messages
+    run in a kernel subshell beside the main shell, so the indicator can read idle while a
+    slider's callback still runs. The kernel reports busy and then idle for each request it
+    handles; a request is pending from its busy to its idle.
+    """
+
+    def __init__(self, page):
+        self.started = 0  # requests the kernel has taken up
+        self.pending: set[str] = set()  # ids of requests taken up and not finished
+        self.last = time.monotonic()  # when the last status arrived
+        page.on("websocket", lambda ws: ws.on("framereceived", self._frame))
+
+    def _frame(self, payload) -> None:
+        try:
+            msg_type, parent, content = _parse_frame(payload)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return  # not a kernel message (other websockets carry events, terminals...)
+        if msg_type != "status" or not parent:
+            return
+        self.last = time.monotonic()
+        if content.get("execution_state") == "busy":
+            self.started += 1
+            self.pending.add(parent)
+        elif content.get("execution_state") == "idle":
+            self.pending.discard(parent)
+
+
+def _parse_frame(payload) -> tuple[str, str, dict]:
+    """``(msg_type, parent msg_id, content)`` of a kernel websocket frame, in either protocol:
+    JSON text, or ``v1.kernel.websocket.jupyter.org`` (offsets, channel, header, parent
+    header, metadata, content)."""
+    if isinstance(payload, str):
+        msg = json.loads(payload)
+        header, parent, content = msg["header"], msg["parent_header"], msg["content"]
+    else:
+        n = int.from_bytes(payload[:8], "little")
+        offsets = [int.from_bytes(payload[8 * i : 8 * i + 8], "little") for i in range(1, n + 1)]
+        parts = [payload[a:b] for a, b in zip(offsets, offsets[1:], strict=False)]
+        header, parent, _, content = (json.loads(part) for part in parts[1:5])
+    return header.get("msg_type", ""), (parent or {}).get("msg_id", ""), content
+
+
 # Playwright's sync API allows one driver per thread, so sessions that overlap (a test's own
 # session inside a shared one) share it; it stops when the last session closes.
 _DRIVER: dict = {"playwright": None, "users": 0}
@@ -314,15 +361,6 @@ _INDICATOR = ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator"
 _JS_STATUS = f"""() => {{
   const el = document.querySelector('{_INDICATOR}');
   return el ? el.dataset.status : null;
-}}"""
-# Records every kernel status the notebook toolbar shows, so a busy blip is never missed.
-_JS_RECORD_STATUS = f"""() => {{
-  const el = document.querySelector('{_INDICATOR}');
-  window.__kdlibStatuses = [el.dataset.status];
-  if (window.__kdlibObserver) window.__kdlibObserver.disconnect();
-  window.__kdlibObserver = new MutationObserver(
-    () => window.__kdlibStatuses.push(el.dataset.status));
-  window.__kdlibObserver.observe(el, {{attributes: true, attributeFilter: ['data-status']}});
 }}"""
 # Done when the kernel is idle and every cell with code shows an execution count, or when an
 # error stopped the run (JupyterLab then clears the prompts of the cells it skipped).
@@ -428,13 +466,13 @@ def run_slider_check(
 ) -> SliderResult:
     """Run ``notebook`` in JupyterLab, move one slider, and check what a learner would see.
 
-    After all cells ran, the slider goes forth (``keys``), back to where it started (its
-    value typed into its readout, or arrow keys where the readout is not editable), and forth
-    again. The output next to it must change on the way forth, come back exactly on the way
-    back, and be the same again the second time: what the widget shows must depend on the
-    slider's value alone. Raises :class:`UiCheckError` (an ``AssertionError``) when it does
-    not, when a cell shows an error (a traceback or anything on stderr) at any point, when a
-    cell was left unexecuted, or when the slider cannot be found or does not move.
+    After all cells ran, the slider goes forth (``keys``), back to where it started (arrow
+    keys), and forth again. The output next to it must change on the way forth, come back
+    exactly on the way back, and be the same again the second time: what the widget shows
+    must depend on the slider's value alone. Raises :class:`UiCheckError` (an
+    ``AssertionError``) when it does not, when a cell shows an error (a traceback or anything
+    on stderr) at any point, when a cell was left unexecuted, or when the slider cannot be
+    found or does not move.
 
     Args:
         notebook: the ``.ipynb`` to check; a copy is run, the file itself is never written.
@@ -477,7 +515,8 @@ def run_slider_check(
     try:
         _run_all(page, session, path, notebook)
         target = _find_slider(page, slider)
-        moves = _move_forth_and_back(page, target, slider, keys, session.timeout, settle)
+        handle = _Slider(page, session.traffic[page], target, slider, session.timeout, settle)
+        moves = _move_forth_and_back(handle, keys)
         if expect_image and not moves[-1][1]["images"]:
             raise UiCheckError(f"no plot next to slider {slider!r} after the move")
         _screenshot(page, target, screenshot, session.timeout)
@@ -491,6 +530,7 @@ def run_slider_check(
             raise UiCheckError(f"{notebook.name}: {e}{note}") from e
         raise
     finally:
+        session.traffic.pop(page, None)
         try:
             page.close()
             session.shutdown_kernels(path)
@@ -553,98 +593,93 @@ def _run_all(page, session: UiSession, path: str, notebook: Path) -> None:
         raise UiCheckError(f"code cells {skipped} (0-based) did not run; prompts: {prompts}")
 
 
-def _settle(page, what: str, timeout: float, settle: float) -> None:
-    """After a move: wait for the kernel to go busy, then to stay idle for ``settle`` s."""
-    _wait(page, "() => window.__kdlibStatuses.includes('busy')", what, timeout)
-    # The kernel may go busy more than once (one message per slider step).
-    deadline = time.monotonic() + timeout
-    idle_since = None
-    while time.monotonic() < deadline:
-        if page.evaluate(_JS_STATUS) == "idle":
-            idle_since = idle_since or time.monotonic()
-            if time.monotonic() - idle_since >= settle:
-                return
-        else:
-            idle_since = None
-        time.sleep(0.1)
-    raise UiCheckError(f"kernel still busy {timeout:.0f} s after {what}")
+@dataclass
+class _Slider:
+    """One slider on a page, with what moving it needs: the page, its kernel traffic, limits."""
 
+    page: object
+    traffic: _KernelTraffic
+    locator: object  # the slider's .widget-slider element
+    name: int | str  # as the caller named it, for messages
+    timeout: float
+    settle: float
 
-def _move(page, target, slider, action, timeout: float, settle: float) -> tuple[str, dict]:
-    """Do ``action(handle)`` (key presses), wait for the slider and the kernel; read the output."""
-    handle = target.locator(".noUi-handle").first
-    start = handle.get_attribute("aria-valuenow")
-    page.evaluate(_JS_RECORD_STATUS)
-    what = action(handle)
-    try:
-        page.wait_for_function(
-            "([h, v]) => h.getAttribute('aria-valuenow') !== v",
-            arg=[handle.element_handle(), start],
-            timeout=10_000,
-        )
-    except Exception as e:
-        raise UiCheckError(f"slider {slider!r} stayed at {start} after {what}") from e
-    value = handle.get_attribute("aria-valuenow")
-    _settle(
-        page, f"the kernel to react to slider {slider!r} ({start} -> {value})", timeout, settle
-    )
-    _check_no_errors(page, f"after moving slider {slider!r} to {value}")
-    return value, target.evaluate(_JS_OUTPUT)
+    def value(self) -> str:
+        return self.locator.locator(".noUi-handle").first.get_attribute("aria-valuenow")
 
+    def output(self) -> dict:
+        return self.locator.evaluate(_JS_OUTPUT)
 
-def _press(page, keys):
-    def action(handle):
-        handle.focus()
+    def press(self, keys) -> str:
+        self.locator.locator(".noUi-handle").first.focus()
         for key in keys:
-            page.keyboard.press(key)
+            self.page.keyboard.press(key)
         return f"pressing {list(keys)}"
 
-    return action
-
-
-def _back_to(page, target, value: str):
-    """Return the slider to ``value`` as a learner would: type it into the readout."""
-    readout = target.locator(".widget-readout").first
-
-    def action(handle):
-        if readout.count() and readout.get_attribute("contenteditable") == "true":
-            readout.click()
-            page.keyboard.press("ControlOrMeta+a")
-            page.keyboard.type(value)
-            page.keyboard.press("Enter")
-            return f"typing {value} into its readout"
-        # Not editable (e.g. a selection slider): step back with the arrow keys.
+    def step_to(self, value: str) -> str:
+        """Arrow keys until the slider shows ``value``: every slider kind takes them, while
+        a selection slider's readout looks editable but ignores what is typed."""
+        handle = self.locator.locator(".noUi-handle").first
         handle.focus()
         for _ in range(1000):
             now = float(handle.get_attribute("aria-valuenow"))
             if now == float(value):
                 break
-            page.keyboard.press("ArrowLeft" if now > float(value) else "ArrowRight")
+            self.page.keyboard.press("ArrowLeft" if now > float(value) else "ArrowRight")
         return f"arrow keys back to {value}"
 
-    return action
+    def move(self, action, *args) -> tuple[str, dict]:
+        """Move by ``action(*args)``; wait for the slider and the kernel; read the output."""
+        start, busy_before = self.value(), self.traffic.started
+        how = action(*args)
+        handle = self.locator.locator(".noUi-handle").first
+        try:
+            self.page.wait_for_function(
+                "([h, v]) => h.getAttribute('aria-valuenow') !== v",
+                arg=[handle.element_handle(), start],
+                timeout=10_000,
+            )
+        except Exception as e:
+            raise UiCheckError(f"slider {self.name!r} stayed at {start} after {how}") from e
+        value = self.value()
+        self._settle(busy_before, f"the kernel to react to slider {self.name!r} -> {value}")
+        _check_no_errors(self.page, f"after moving slider {self.name!r} to {value}")
+        return value, self.output()
+
+    def _settle(self, busy_before: int, what: str) -> None:
+        """Wait until the kernel took the move up, finished it, and was quiet ``settle`` s."""
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            t = self.traffic
+            if t.started > busy_before and not t.pending:
+                if time.monotonic() - t.last >= self.settle:
+                    return
+            self.page.wait_for_timeout(100)  # a Playwright call: websocket events get in
+        if self.traffic.started == busy_before:
+            raise UiCheckError(f"timed out after {self.timeout:.0f} s waiting for {what}")
+        raise UiCheckError(f"kernel still busy {self.timeout:.0f} s after {what}")
 
 
-def _move_forth_and_back(page, target, slider, keys, timeout, settle):
+def _move_forth_and_back(slider: _Slider, keys) -> list[tuple[str, dict]]:
     """Forth, back, forth; returns ``[(value, output)]`` for the start and each move."""
-    target.scroll_into_view_if_needed()
-    start = target.locator(".noUi-handle").first.get_attribute("aria-valuenow")
-    moves = [(start, target.evaluate(_JS_OUTPUT))]
-    moves.append(_move(page, target, slider, _press(page, keys), timeout, settle))
+    slider.locator.scroll_into_view_if_needed()
+    moves = [(slider.value(), slider.output())]
+    moves.append(slider.move(slider.press, keys))
     (v0, out0), (v1, out1) = moves
+    name = slider.name
     if _signature(out1) == _signature(out0):
         raise UiCheckError(
-            f"output did not change when slider {slider!r} moved from {v0} to {v1}; "
+            f"output did not change when slider {name!r} moved from {v0} to {v1}; "
             f"it still shows {_describe(out1)}"
         )
-    moves.append(_move(page, target, slider, _back_to(page, target, v0), timeout, settle))
-    moves.append(_move(page, target, slider, _press(page, keys), timeout, settle))
+    moves.append(slider.move(slider.step_to, v0))
+    moves.append(slider.move(slider.press, keys))
     for (v, out), (v_again, out_again) in ((moves[0], moves[2]), (moves[1], moves[3])):
         if v_again != v:
-            raise UiCheckError(f"slider {slider!r} went to {v_again}, expected {v}")
+            raise UiCheckError(f"slider {name!r} went to {v_again}, expected {v}")
         if _signature(out_again) != _signature(out):
             raise UiCheckError(
-                f"slider {slider!r} at {v} again shows {_describe(out_again)}, but first "
+                f"slider {name!r} at {v} again shows {_describe(out_again)}, but first "
                 f"showed {_describe(out)}: the output depends on more than the slider's "
                 "value (state carried between moves, or a plot drawn while another thread "
                 "closed it: draw on matplotlib.figure.Figure, not pyplot, in widget callbacks)"
