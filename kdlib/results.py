@@ -27,7 +27,15 @@ from torch import nn
 
 from .data import Dataset, load
 from .distill import distill, random_shift
-from .metrics import agreement, compare_latency, count_params, macs, size_bytes
+from .features import distill_features
+from .metrics import (
+    agreement,
+    compare_latency,
+    count_params,
+    macs,
+    pareto_front,
+    size_bytes,
+)
 from .models import mlp
 from .models import model as build_model
 from .params import distill_params
@@ -56,6 +64,13 @@ __all__ = [
     "main",
     "magnitude_rows",
     "shrink_rows",
+    "SummaryMethod",
+    "course_summary",
+    "format_summary",
+    "pruned_teacher",
+    "reinitialised",
+    "summary_methods",
+    "summary_runs",
 ]
 
 SEEDS = (0, 1, 2)
@@ -528,10 +543,309 @@ def _prune_section(args: argparse.Namespace) -> str:
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------------------------
+# summary section: every method of the course on one student size (notebook 09, the README)
+SUMMARY_EPOCHS = 3  # epochs per run: one short budget, the same for every method
+SUMMARY_KEEP = 0.25  # share of the teacher's channels and hidden units every student keeps
+SUMMARY_LR = 3e-3  # from random weights: Adam with a cosine decay (the CNN recipes')
+FINETUNE_LR = 1e-2  # from the teacher's weights: SGD with momentum, as parameter distillation
+
+
+def pruned_teacher(teacher: nn.Module, keep: float = SUMMARY_KEEP) -> nn.Module:
+    """A new dense model: ``teacher`` with only ``keep`` of every layer's units and channels.
+
+    :func:`~kdlib.prune.structured_prune` ranks the units of every layer but the output one by
+    the L1 norm of their weights and masks the rest; :func:`~kdlib.prune.shrink` then rebuilds
+    the model without them. The teacher itself is not modified.
+    """
+    if not 0 < keep < 1:
+        raise ValueError(f"keep must be a share of the units in (0, 1), got {keep!r}")
+    return shrink(structured_prune(copy.deepcopy(teacher), 1 - keep))
+
+
+def reinitialised(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``model`` with the same layers and new random weights drawn from ``seed``."""
+    net = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for m in net.modules():
+        if m is not net and hasattr(m, "reset_parameters"):
+            m.reset_parameters()  # PyTorch's default initialisation of each layer
+    return net
+
+
+@dataclass(frozen=True)
+class SummaryMethod:
+    """One row of the summary table: where the student starts and how it is trained."""
+
+    name: str  # row label
+    start: str  # "random" (fresh weights) or "teacher" (the pruned teacher's own weights)
+    build: Callable[[nn.Module, int], nn.Module]  # (teacher, seed) -> student
+    train: Callable[[nn.Module, nn.Module, Dataset, int, int], History]
+    note: str = ""  # what a reader must know to interpret the row
+    sparse: bool = False  # stored as CSR (masked weights), not dense
+
+
+def _start(start: str, keep: float) -> Callable[[nn.Module, int], nn.Module]:
+    def build(teacher: nn.Module, seed: int) -> nn.Module:
+        small = pruned_teacher(teacher, keep)
+        return reinitialised(small, seed) if start == "random" else small
+
+    return build
+
+
+def _recipe(start: str) -> dict:
+    # Adam's normalised steps move inherited weights far in the first epoch; SGD's steps
+    # shrink with the gradient, so a student that starts close to its teacher stays close.
+    if start == "random":
+        return dict(lr=SUMMARY_LR, optimizer="adam", schedule="cosine")
+    return dict(lr=FINETUNE_LR, optimizer="sgd", schedule="constant")
+
+
+def _labels(start: str):
+    def train(student, teacher, data, seed, epochs):
+        return fit(student, data, epochs, **_recipe(start), seed=seed, desc="labels")
+
+    return train
+
+
+def _soft(loss: str, start: str, T: float, alpha: float):
+    def train(student, teacher, data, seed, epochs):
+        return distill(
+            student, teacher, data, loss, epochs, T=T, alpha=alpha, **_recipe(start), seed=seed
+        )
+
+    return train
+
+
+def _hint(T: float, alpha: float):
+    def train(student, teacher, data, seed, epochs):
+        return distill_features(
+            student, teacher, data, {"stage2": "stage2"}, "hint", epochs, T=T, alpha=alpha,
+            **_recipe("random"), seed=seed,
+        )  # fmt: skip
+
+    return train
+
+
+def _inherit_then_kl(T: float):
+    def train(student, teacher, data, seed, epochs):
+        return distill_params(student, teacher, data, None, epochs, FINETUNE_LR, T=T, seed=seed)
+
+    return train
+
+
+def summary_methods(
+    T: float = 4.0, alpha: float = 0.9, keep: float = SUMMARY_KEEP
+) -> list[SummaryMethod]:
+    """The rows of the summary table, in order: every method of the course, one student size.
+
+    Every student has the architecture of :func:`pruned_teacher` (``keep`` of the teacher's
+    channels and units). The distillation rows start it from random weights and train with
+    Adam; parameter distillation and the pruning rows start it from the teacher's own
+    surviving weights and train with SGD (see ``SUMMARY_LR`` and ``FINETUNE_LR``).
+    """
+    kd = f"(T={T:g}, α={alpha:g})"
+    fresh, inherited = _start("random", keep), _start("teacher", keep)
+    M = SummaryMethod
+    return [
+        M("scratch", "random", fresh, _labels("random"), "labels only"),
+        M(
+            name=f"soft-target KD {kd}",
+            start="random",
+            build=fresh,
+            train=_soft("kd", "random", T, alpha),
+            note="Hinton et al.: soft targets + labels",
+        ),
+        M(
+            name="MSE logits",
+            start="random",
+            build=fresh,
+            train=_soft("mse", "random", T, alpha),
+            note="Ba & Caruana: mean((z_s − z_t)²), no labels",
+        ),
+        M(
+            name=f"feature KD: hint on stage2 + KD {kd}",
+            start="random",
+            build=fresh,
+            train=_hint(T, alpha),
+            note="FitNets hint loss after a 1×1 conv regressor, trained jointly with KD",
+        ),
+        M(
+            name=f"parameter distillation (T={T:g})",
+            start="teacher",
+            build=inherited,
+            train=_inherit_then_kl(T),
+            note="inherit the top channels by L1 norm, then T²·KL until the weights are still",
+        ),
+        M(
+            name="pruned (structured), fine-tuned",
+            start="teacher",
+            build=inherited,
+            train=_labels("teacher"),
+            note="the teacher shrunk, then labels only",
+        ),
+        M(
+            name=f"pruned (structured) + KD {kd}",
+            start="teacher",
+            build=inherited,
+            train=_soft("kd", "teacher", T, alpha),
+            note="the teacher shrunk, then soft targets + labels",
+        ),
+    ]
+
+
+def summary_runs(
+    data: Dataset,
+    teacher: nn.Module,
+    seeds: Sequence[int] = SEEDS,
+    epochs: int = SUMMARY_EPOCHS,
+    methods: Sequence[SummaryMethod] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[dict[str, list[Run]], dict[str, tuple[int, int]]]:
+    """Build and train every summary method for every seed (the teacher is not modified).
+
+    Returns:
+        ``(runs, sizes)``: the runs per method name, and each method's ``(nonzero
+        parameters, bytes)`` after training (bytes of a CSR copy for sparse rows).
+    """
+    methods = list(methods) if methods is not None else summary_methods()
+    runs: dict[str, list[Run]] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    for m in methods:
+        for seed in seeds:
+            student = m.build(teacher, seed)
+            hist = m.train(student, teacher, data, seed, epochs)
+            run = Run(
+                method=m.name,
+                teacher="cnn-teacher",
+                seed=seed,
+                acc=hist.last("test_acc"),
+                agreement=agreement(student, teacher, data.X_test),
+                epochs=hist.epochs,
+                seconds=hist.seconds + hist.info.get("cache_seconds", 0.0),
+                history=hist,
+            )
+            runs.setdefault(m.name, []).append(run)
+            sizes[m.name] = (
+                count_params(student, nonzero=True),
+                size_bytes(student, sparse=m.sparse),
+            )
+            if log is not None:
+                log(f"  {m.name:<44} seed {seed}: acc {run.acc:.4f}, {run.seconds:.1f} s")
+    return runs, sizes
+
+
+def course_summary(
+    data: Dataset,
+    teacher: nn.Module | None = None,
+    seeds: Sequence[int] = SEEDS,
+    epochs: int = SUMMARY_EPOCHS,
+    methods: Sequence[SummaryMethod] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """The course's summary: the teacher, then every method's student, as table rows.
+
+    Args:
+        data: the data set.
+        teacher: the trained teacher (default: :func:`~kdlib.recipes.trained_teacher`).
+        seeds: student seeds: initial weights (random rows) and batch order (all rows).
+        epochs: epochs per run, the same for every method.
+        methods: rows to run (default :func:`summary_methods`).
+        log: called with one line per finished run.
+
+    Returns:
+        One dict per row: ``method``, ``start``, ``parameters`` (nonzero), ``bytes``,
+        ``accuracy`` (mean over seeds), ``accuracy_std`` (0 for one seed), ``per_seed``
+        (``{seed: accuracy}``), ``agreement`` (mean top-1 agreement with the teacher) and
+        ``n`` (number of seeds; 0 for the teacher row, which is not trained here).
+    """
+    teacher = teacher if teacher is not None else trained_teacher(data)
+    runs, sizes = summary_runs(data, teacher, seeds, epochs, methods, log)
+    t_acc = evaluate(teacher, data)["accuracy"]
+    rows = [
+        {
+            "method": "teacher (cnn-teacher)",
+            "start": "—",
+            "parameters": count_params(teacher, nonzero=True),
+            "bytes": size_bytes(teacher),
+            "accuracy": t_acc,
+            "accuracy_std": 0.0,
+            "per_seed": {},
+            "agreement": 1.0,
+            "n": 0,
+        }
+    ]
+    starts = {m.name: m.start for m in (methods or summary_methods())}
+    for name, rs in runs.items():
+        acc, std = _mean_std([r.acc for r in rs])
+        rows.append(
+            {
+                "method": name,
+                "start": starts[name],
+                "parameters": sizes[name][0],
+                "bytes": sizes[name][1],
+                "accuracy": acc,
+                "accuracy_std": std,
+                "per_seed": {r.seed: r.acc for r in rs},
+                "agreement": statistics.fmean(r.agreement for r in rs),
+                "n": len(rs),
+            }
+        )
+    return rows
+
+
+def format_summary(rows: list[dict]) -> str:
+    """A Markdown table of :func:`course_summary`'s rows (accuracy in %, mean ± std)."""
+    lines = [
+        "| method | starts from | parameters | bytes | test accuracy (%) | per seed (%) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        acc = f"{100 * r['accuracy']:.1f}"
+        if r["n"] > 1:
+            acc += f" ± {100 * r['accuracy_std']:.1f}"
+        per_seed = ", ".join(f"{s}: {100 * a:.1f}" for s, a in r["per_seed"].items()) or "—"
+        lines.append(
+            f"| {r['method']} | {r['start']} | {r['parameters']:,} | {r['bytes']:,} "
+            f"| {acc} | {per_seed} |"
+        )
+    return "\n".join(lines)
+
+
+def _summary_section(args: argparse.Namespace) -> str:
+    data = load(args.dataset)
+    seeds = tuple(args.seeds)
+    epochs = args.epochs or SUMMARY_EPOCHS
+    t0 = time.perf_counter()
+    rows = course_summary(
+        data, seeds=seeds, epochs=epochs, log=lambda s: print(s, file=sys.stderr, flush=True)
+    )
+    front = pareto_front(rows, "bytes", "accuracy")
+    return "\n".join(
+        [
+            f"## Summary on {data.name}: every method, one student size, {epochs} epochs each, "
+            f"mean ± std over seeds {', '.join(map(str, seeds))}",
+            "",
+            format_summary(rows),
+            "",
+            "Pareto front (fewest bytes for the accuracy): "
+            + " → ".join(f"{r['method']} ({r['bytes']:,} B)" for r in front),
+            "",
+            f"Every student keeps {SUMMARY_KEEP:.0%} of `cnn-teacher`'s channels and units "
+            "(ranked by L1 norm). From random weights: Adam, cosine decay, lr "
+            f"{SUMMARY_LR:g}; from the teacher's weights: SGD with momentum, lr {FINETUNE_LR:g}. "
+            "Notebook 09 runs this table for one seed: with seed 0 its numbers are the `0:` "
+            "entries.",
+            f"(section took {time.perf_counter() - t0:.0f} s)",
+        ]
+    )
+
+
 # name -> function(args) returning the section's text; other topics add their sections here.
 SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
     "distill": _distill_section,
     "prune": _prune_section,
+    "summary": _summary_section,
 }
 
 

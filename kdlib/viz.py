@@ -22,6 +22,7 @@ __all__ = [
     "lines",
     "history_curves",
     "grid_heatmap",
+    "pareto",
 ]
 
 
@@ -381,4 +382,69 @@ def grid_heatmap(
     ax.figure.colorbar(im, ax=ax, label="test accuracy (%)")
     if title:
         ax.set_title(title, fontsize=10)
+    return ax
+
+
+def pareto(
+    rows: list[dict],
+    x: str = "bytes",
+    y: str = "accuracy",
+    label: str = "method",
+    yerr: str | None = None,
+    percent: bool = True,
+    logx: bool = True,
+    title: str | None = None,
+    ax=None,
+):
+    """Every row as a point of ``y`` against ``x``, with their Pareto front as a staircase.
+
+    The front comes from :func:`kdlib.metrics.pareto_front` (smaller ``x``, higher ``y``):
+    its points are drawn large with a black edge and joined by a step line, which reads as
+    "the best ``y`` reachable with at most this ``x``". Each row has its own colour and
+    marker and is named in the legend, since several rows often share one size.
+
+    Args:
+        rows: dicts with keys ``label``, ``x`` and ``y`` (and ``yerr`` if given).
+        x: the size to minimise, e.g. ``"bytes"`` or ``"parameters"``.
+        y: the quality to maximise, e.g. ``"accuracy"`` in [0, 1].
+        label: the key naming each row in the legend.
+        yerr: a key holding the error bar half-height (e.g. a standard deviation over
+            seeds), or ``None`` for none.
+        percent: multiply ``y`` (and ``yerr``) by 100 for display.
+        logx: logarithmic ``x`` axis (sizes differ by orders of magnitude).
+        title: the axes' title.
+
+    Returns:
+        The matplotlib ``Axes``.
+    """
+    from .metrics import pareto_front
+
+    front = pareto_front(rows, x, y)
+    on_front = {id(r) for r in front}
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 4))
+    scale = 100 if percent else 1
+    markers = "osD^vP*Xhp<>"
+    colours = plt.get_cmap("tab10").colors
+    for i, r in enumerate(rows):
+        best = id(r) in on_front
+        ax.errorbar(
+            r[x], scale * r[y], yerr=None if yerr is None else scale * r[yerr],
+            marker=markers[i % len(markers)], color=colours[i % len(colours)],
+            ms=9 if best else 6, mec="black" if best else "none", capsize=2, ls="none",
+            label=str(r[label]) + ("  (front)" if best else ""),
+        )  # fmt: skip
+    ax.step(
+        [r[x] for r in front], [scale * r[y] for r in front],
+        where="post", color="black", lw=1, alpha=0.6, zorder=0, label="Pareto front",
+    )  # fmt: skip
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(x + (" (log scale)" if logx else ""))
+    ax.set_ylabel(y + (" (%)" if percent else ""))
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.figure.tight_layout()
     return ax

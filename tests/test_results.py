@@ -1,5 +1,7 @@
 """kdlib.results: the distill table on a short budget (loose checks), helpers, the command."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -95,3 +97,104 @@ def test_sections_and_command_line(capsys, monkeypatch):
     monkeypatch.setitem(results.SECTIONS, "demo", lambda args: f"demo seeds={args.seeds}")
     assert results.main(["demo", "--seeds", "4", "5"]) == 0
     assert "demo seeds=[4, 5]" in capsys.readouterr().out
+
+
+# ---- summary section: every method on one student size (notebook 09) -----------------------
+@pytest.fixture(scope="module")
+def summary_run():
+    data = kdlib.load("mnist-5k").subset(512, 256)
+    teacher = kdlib.model("cnn-teacher", seed=0)
+    kdlib.fit(teacher, data, epochs=1, lr=3e-3, seed=0, progress=False)
+    teacher.eval()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    rows = results.course_summary(data, teacher, seeds=(0, 1), epochs=1)
+    return data, teacher, before, rows
+
+
+def test_pruned_teacher_keeps_the_channels_of_largest_l1_norm():
+    teacher = kdlib.model("cnn-teacher", seed=0)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    small = results.pruned_teacher(teacher, keep=0.25)
+    w = teacher.stage1.conv.weight.detach()
+    keep = w.abs().sum((1, 2, 3)).topk(4).indices.sort().values  # 16 channels → 4
+    assert torch.equal(small.stage1.conv.weight, w[keep])
+    assert small.stage2.conv.weight.shape == (8, 4, 3, 3)  # 32 → 8 channels, 4 inputs left
+    assert small.head.fc1.out_features == 16 and small.head.fc2.out_features == 10
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    with pytest.raises(ValueError, match=r"keep must be a share of the units in \(0, 1\)"):
+        results.pruned_teacher(teacher, keep=1.0)
+
+
+def test_reinitialised_is_a_fresh_copy_drawn_from_the_seed():
+    net = kdlib.model("cnn-thin", seed=0)
+    a, b = results.reinitialised(net, 1), results.reinitialised(net, 1)
+    c = results.reinitialised(net, 2)
+    pa, pn = dict(a.named_parameters()), dict(net.named_parameters())
+    assert all(pa[k].shape == p.shape for k, p in pn.items())
+    assert all(torch.equal(pa[k], p) for k, p in b.named_parameters())
+    assert not torch.equal(pa["stage1.conv.weight"], pn["stage1.conv.weight"])
+    assert not torch.equal(
+        pa["stage1.conv.weight"], dict(c.named_parameters())["stage1.conv.weight"]
+    )
+
+
+def test_course_summary_rows(summary_run):
+    data, teacher, before, rows = summary_run
+    names = [m.name for m in results.summary_methods()]
+    assert [r["method"] for r in rows] == ["teacher (cnn-teacher)", *names] and len(names) == 7
+    assert rows[0]["n"] == 0 and rows[0]["parameters"] == kdlib.count_params(teacher)
+    assert rows[0]["accuracy"] == kdlib.evaluate(teacher, data)["accuracy"]
+    size = kdlib.count_params(results.pruned_teacher(teacher))
+    for r in rows[1:]:
+        assert r["n"] == 2 and set(r["per_seed"]) == {0, 1}
+        assert (r["parameters"], r["bytes"]) == (size, 4 * size)  # dense float32
+        accs = torch.tensor(list(r["per_seed"].values()), dtype=torch.float64)
+        assert r["accuracy"] == pytest.approx(float(accs.mean()))
+        assert r["accuracy_std"] == pytest.approx(float(accs.std()))
+    starts = {r["method"]: r["start"] for r in rows}
+    assert starts["scratch"] == "random" and starts["pruned (structured), fine-tuned"] == "teacher"
+    # distillation never modifies the teacher
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_summary_students_start_from_the_pruned_teacher_or_from_the_seed(summary_run):
+    _, teacher, _, _ = summary_run
+    small = results.pruned_teacher(teacher)
+    inherited = results._start("teacher", 0.25)(teacher, 0)
+    fresh = results._start("random", 0.25)(teacher, 0)
+    again = results.reinitialised(small, 0)
+    for name, p in small.state_dict().items():
+        assert torch.equal(inherited.state_dict()[name], p)
+        assert torch.equal(fresh.state_dict()[name], again.state_dict()[name])
+    assert not torch.equal(fresh.stage1.conv.weight, small.stage1.conv.weight)
+
+
+def test_format_summary_by_hand():
+    rows = [
+        {"method": "teacher", "start": "—", "parameters": 1000, "bytes": 4000,
+         "accuracy": 0.98, "accuracy_std": 0.0, "per_seed": {}, "n": 0},
+        {"method": "kd", "start": "random", "parameters": 100, "bytes": 400,
+         "accuracy": 0.9, "accuracy_std": 0.01, "per_seed": {0: 0.89, 1: 0.91}, "n": 2},
+        {"method": "one seed", "start": "teacher", "parameters": 100, "bytes": 400,
+         "accuracy": 0.9, "accuracy_std": 0.0, "per_seed": {3: 0.9}, "n": 1},
+    ]  # fmt: skip
+    lines = results.format_summary(rows).splitlines()
+    assert lines[0].startswith("| method | starts from | parameters | bytes | test accuracy")
+    assert lines[2] == "| teacher | — | 1,000 | 4,000 | 98.0 | — |"
+    assert lines[3] == "| kd | random | 100 | 400 | 90.0 ± 1.0 | 0: 89.0, 1: 91.0 |"
+    assert lines[4] == "| one seed | teacher | 100 | 400 | 90.0 | 3: 90.0 |"
+
+
+def test_summary_section_from_the_command_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path))  # the teacher trained here stays here
+    small = kdlib.load("mnist-5k").subset(256, 128)
+    monkeypatch.setattr(results, "load", lambda name: small)
+    two = results.summary_methods()[:2]  # scratch and KD keep the test short
+    monkeypatch.setattr(results, "summary_methods", lambda: two)
+    quick = dataclasses.replace(results.RECIPES["cnn-teacher"], epochs=1)
+    monkeypatch.setitem(results.RECIPES, "cnn-teacher", quick)
+    assert results.main(["summary", "--seeds", "0", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| teacher (cnn-teacher) | — | 105,962 | 423,848 |" in out
+    assert "| scratch | random | 6,818 | 27,272 |" in out
+    assert "Pareto front (fewest bytes for the accuracy): " in out
