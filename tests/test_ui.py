@@ -44,6 +44,7 @@ def test_working_slider_passes_and_is_screenshotted(session):
     result = ui.run_slider_check(FIXTURES / "slider_ok.ipynb", "T", session=session)
     # End takes the slider to its maximum; the callback prints the softmax at that T.
     assert (result.value_before, result.value_after) == ("1.0", "10.0")
+    assert (result.readout_before, result.readout_after) == ("1.00", "10.00")
     assert "T = 1.0: p = [0.756 0.169 0.062 0.014]" in result.text_before
     assert "T = 10.0: p = [0.302 0.26 0.235 0.203]" in result.text_after
     assert result.images_after == 1
@@ -134,18 +135,19 @@ def test_harness_fails_when_output_does_not_change_and_stops_everything(monkeypa
     assert alive() == []
 
 
-# The course's own widgets, as a learner meets them after `make lab`.
+# The course's own widgets, as a learner meets them after `make lab`: the text next to the
+# slider must name the value the slider shows.
 COURSE_SLIDERS = [
-    pytest.param("02_soft_targets_and_temperature.ipynb", "T", id="02-temperature"),
-    pytest.param("07_magnitude_pruning.ipynb", "sparsity", id="07-sparsity"),
+    pytest.param("02_soft_targets_and_temperature.ipynb", "T", "T = {} |", id="02-temperature"),
+    pytest.param("07_magnitude_pruning.ipynb", "sparsity", "sparsity {} |", id="07-sparsity"),
 ]
 
 
-@pytest.mark.parametrize("name, slider", COURSE_SLIDERS)
-def test_course_slider(session, name, slider):
-    path = NOTEBOOKS / name
-    if not path.exists():
-        pytest.skip(f"UI test skipped: notebooks/{name} is not written yet")
-    result = ui.run_slider_check(path, slider, session=session)
-    assert result.value_after != result.value_before
+@pytest.mark.parametrize("name, slider, says", COURSE_SLIDERS)
+def test_course_slider(session, name, slider, says):
+    result = ui.run_slider_check(NOTEBOOKS / name, slider, session=session)
+    assert result.readout_after != result.readout_before
+    assert says.format(result.readout_before) in result.text_before
+    assert says.format(result.readout_after) in result.text_after
     assert result.images_after >= 1
+    assert result.screenshot == ui.SCREENSHOTS / f"{Path(name).stem}.png"

@@ -66,11 +66,18 @@ class UiCheckError(AssertionError):
 
 @dataclass
 class SliderResult:
-    """What :func:`run_slider_check` saw: slider values and output text before and after."""
+    """What :func:`run_slider_check` saw before and after the move.
+
+    ``value_*`` is the slider handle's ``aria-valuenow`` (an option's index for a selection
+    slider), ``readout_*`` the value as the slider shows it, ``text_*`` the text of the output
+    next to the slider.
+    """
 
     notebook: Path
     value_before: str
     value_after: str
+    readout_before: str
+    readout_after: str
     text_before: str
     text_after: str
     images_after: int
@@ -388,7 +395,9 @@ _JS_OUTPUT = """(el) => {
   const clone = area.cloneNode(true);
   clone.querySelectorAll('.widget-slider').forEach(n => n.remove());
   const images = Array.from(clone.querySelectorAll('img')).map(i => i.getAttribute('src'));
-  return {text: clone.textContent.replace(/\\s+/g, ' ').trim(), images: images};
+  const readout = el.querySelector('.widget-readout');
+  return {text: clone.textContent.replace(/\\s+/g, ' ').trim(), images: images,
+          readout: readout ? readout.textContent.trim() : ''};
 }"""
 # Puts the slider's outputs at the top of the notebook view, with a few lines of the code cell
 # above them for context, so the screenshot shows the slider and its plot.
@@ -541,6 +550,8 @@ def run_slider_check(
         notebook,
         value_before,
         value_after,
+        before["readout"],
+        after["readout"],
         before["text"],
         after["text"],
         len(after["images"]),
