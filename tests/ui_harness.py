@@ -5,10 +5,11 @@
 config and data folders, and drives Debian's Chromium through Playwright (``executable_path``;
 Playwright's own browser download is not used). :func:`run_slider_check` copies a notebook into
 the session's folder (so the stored notebook is never touched), runs all cells from the Run
-menu, checks that no cell shows an error, moves a slider with the keyboard as a learner would,
-waits for the kernel, checks that the output next to the slider changed and still shows no
-error, and saves a screenshot under ``build/ui/``. Everything it starts is stopped when the
-session closes, also on failure. Usable by hand too:
+menu, checks that no cell shows an error, moves a slider with the keyboard as a learner would
+(forth, back, forth, waiting each time for the kernel to finish), checks that the output next
+to the slider changes with the value and comes back with it, still without errors, and saves
+a screenshot under ``build/ui/``. Everything it starts is stopped when the session closes,
+also on failure. Usable by hand too:
 ``python tests/ui_harness.py notebooks/02_soft_targets_and_temperature.ipynb --slider T``.
 """
 
