@@ -433,6 +433,7 @@ def pareto(
             marker=markers[i % len(markers)], color=colours[i % len(colours)],
             ms=9 if best else 6, mec="black" if best else "none", capsize=2, ls="none",
             label=str(r[label]) + ("  (front)" if best else ""),
+            zorder=2 if best else 3,  # small points stay visible over large ones
         )  # fmt: skip
     ax.step(
         [r[x] for r in front], [scale * r[y] for r in front],
