@@ -95,6 +95,7 @@ class Run:
     epochs: int  # epochs trained
     seconds: float  # training time (evaluation excluded)
     history: History = field(repr=False, default_factory=History)
+    student: nn.Module | None = field(repr=False, default=None)  # the trained student
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,7 @@ def distill_runs(
                 epochs=hist.epochs,
                 seconds=hist.seconds + hist.info.get("cache_seconds", 0.0),
                 history=hist,
+                student=net,
             )
             runs.setdefault(m.name, []).append(run)
             if log is not None:
