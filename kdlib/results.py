@@ -315,21 +315,29 @@ def summarize(runs: dict[str, list[Run]]) -> list[dict]:
     return rows
 
 
-def format_table(rows: list[dict], teacher_acc: dict[str, float] | None = None) -> str:
-    """A Markdown table of :func:`summarize`'s rows (accuracy in %, mean ± std)."""
-    lines = [
-        "| method | teacher | test accuracy (%) | agreement (%)¹ | epochs | seconds |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+def format_table(
+    rows: list[dict], teacher_acc: dict[str, float] | None = None, timing: bool = True
+) -> str:
+    """A Markdown table of :func:`summarize`'s rows (accuracy in %, mean ± std).
+
+    ``timing=False`` leaves out the seconds column, whose values change from run to run
+    (notebooks checked by nbval print the table without it).
+    """
+    head = "| method | teacher | test accuracy (%) | agreement (%)¹ | epochs |"
+    rule = "| --- | --- | --- | --- | --- |"
+    if timing:
+        head, rule = head + " seconds |", rule + " --- |"
+    lines = [head, rule]
     for name, acc in (teacher_acc or {}).items():
-        lines.append(f"| teacher `{name}` | — | {100 * acc:.1f} | — | — | — |")
+        lines.append(f"| teacher `{name}` | — | {100 * acc:.1f} | — | — |" + (" — |" * timing))
     for r in rows:
         agree = f"{100 * r['agreement']:.1f}"
         teacher = "—" if r["teacher"] == "—" else f"`{r['teacher']}`"
-        lines.append(
+        line = (
             f"| {r['method']} | {teacher} | {100 * r['acc']:.1f} ± {100 * r['acc_std']:.1f} "
-            f"| {agree} | {r['epochs']:.1f} | {r['seconds']:.1f} |"
+            f"| {agree} | {r['epochs']:.1f} |"
         )
+        lines.append(line + (f" {r['seconds']:.1f} |" if timing else ""))
     lines.append("")
     lines.append("¹ top-1 agreement with the row's teacher; scratch rows with `cnn-teacher`.")
     return "\n".join(lines)
