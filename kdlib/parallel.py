@@ -15,6 +15,7 @@ synchronise, and every rank simply runs its own copy. :func:`rank`, :func:`world
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -80,8 +81,17 @@ def setup(device: str | torch.device | None = None, backend: str | None = None) 
 
 
 def cleanup() -> None:
-    """Leave the process group (a no-op without one)."""
+    """Wait for every rank, then leave the process group (a no-op without one).
+
+    Call it before the script ends. gloo's worker threads release the tensors of the last
+    collectives on their own time, and need Python's GIL for that; if the interpreter is
+    already shutting down by then, the process aborts ("terminate called without an active
+    exception"). A DDP model keeps its process group alive past ``destroy_process_group``,
+    so those threads outlive it: the short pause below lets them finish first.
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        time.sleep(0.1)  # releases the GIL: the workers retire the finished collectives
         dist.destroy_process_group()
 
 
