@@ -282,14 +282,16 @@ def gap_closed(student_acc: float, scratch_acc: float, teacher_acc: float) -> fl
     return (student_acc - scratch_acc) / (teacher_acc - scratch_acc)
 
 
-def epochs_to_reach(run: Run, target: float) -> int | None:
+def epochs_to_reach(run: Run | History, target: float) -> int | None:
     """First epoch whose test accuracy is ≥ ``target`` (0 if the initial weights already are).
 
-    ``None`` if it never gets there. Epoch 0 uses ``history.info["init_acc"]`` when present.
+    ``run`` is a :class:`Run` or a :class:`~kdlib.train.History`. ``None`` if it never gets
+    there. Epoch 0 uses ``history.info["init_acc"]`` when present.
     """
-    if run.history.info.get("init_acc", -1.0) >= target:
+    hist = run.history if isinstance(run, Run) else run
+    if hist.info.get("init_acc", -1.0) >= target:
         return 0
-    for row in run.history.rows:
+    for row in hist.rows:
         if row.get("test_acc", -1.0) >= target:
             return int(row["epoch"])
     return None

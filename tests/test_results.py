@@ -89,6 +89,7 @@ def test_epochs_to_reach():
     assert results.epochs_to_reach(run, 0.95) is None
     run.history.info["init_acc"] = 0.92
     assert results.epochs_to_reach(run, 0.9) == 0
+    assert results.epochs_to_reach(run.history, 0.9) == 0
 
 
 def test_sections_and_command_line(capsys, monkeypatch):
