@@ -173,6 +173,20 @@ def random_shift(max_shift: int = 2) -> Callable[[torch.Tensor], torch.Tensor]:
     return shift
 
 
+@contextmanager
+def _on_device(module: nn.Module, device: torch.device | None):
+    """Move ``module`` to ``device`` inside the block and back to where it was afterwards."""
+    if device is None:
+        yield module
+        return
+    home = _device_of(module)
+    module.to(device)
+    try:
+        yield module
+    finally:
+        module.to(home)
+
+
 def _device_of(module: nn.Module) -> torch.device | None:
     for t in (*module.parameters(), *module.buffers()):
         return t.device
@@ -269,13 +283,15 @@ def distill(
         ``agreement`` (top-1 agreement with the teacher on the test split) and
         ``kl_teacher`` (mean ``KL(p_teacher ‖ p_student)`` at T = 1, in nats), and whose
         ``info`` holds ``teacher_logits`` (``"cached"`` or ``"per-batch"``),
-        ``cache_seconds``, ``loss``, ``T``, ``alpha`` and ``lam``.
+        ``cache_seconds``, ``loss``, ``T``, ``alpha``, ``lam`` and ``teacher_device``.
+        A teacher on another device than the training device is moved there for the run
+        and moved back afterwards (``teacher_device`` says so); its values are unchanged.
 
     Raises:
         ValueError: the student is the teacher or shares its parameters; T <= 0; alpha
-            outside [0, 1]; an unknown loss; caching asked for with ``augment``; the teacher
-            on another device than the training device; student and teacher with different
-            class counts; labels out of range; NaN/inf logits (with epoch, batch and rows).
+            outside [0, 1]; an unknown loss; caching asked for with ``augment``; a teacher on
+            the meta device; student and teacher with different class counts; labels out of
+            range; NaN/inf logits (with epoch, batch and rows).
 
     Example:
         >>> data = kdlib.load("mnist-5k")
@@ -299,11 +315,11 @@ def distill(
         )
     dev = get_device(device)
     t_dev = _device_of(teacher)
-    if t_dev is not None and not _same_device(t_dev, dev):
+    moved = t_dev is not None and not _same_device(t_dev, dev)
+    if moved and t_dev.type == "meta":
         raise ValueError(
-            f"the teacher is on {t_dev} but training runs on {dev}: move the teacher first "
-            f"(teacher.to({str(dev)!r})) or pass device={str(t_dev)!r}; distill does not move "
-            "a teacher itself, because that would modify it"
+            f"the teacher is on the meta device (shapes only, no weights) but training runs on "
+            f"{dev}: load the teacher's weights first"
         )
     if data.device != dev:
         data = data.to(dev)
@@ -317,7 +333,7 @@ def distill(
     history = history if history is not None else History()
     state = {"epoch": 0, "batch": 0}
 
-    with frozen(teacher):
+    with frozen(teacher), _on_device(teacher, dev if moved else None):
         probe = predict(teacher, data.X_train[:2])
         if probe.ndim != 2 or probe.shape[1] != C:
             raise ValueError(
@@ -381,6 +397,9 @@ def distill(
             T=T,
             alpha=alpha,
             lam=lam,
+            teacher_device=(
+                f"moved from {t_dev} to {dev} for training, then back" if moved else str(dev)
+            ),
         )
         fit(
             student,

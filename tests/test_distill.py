@@ -202,10 +202,24 @@ def test_bad_arguments(small, teacher, kwargs, message):
         distill(student, teacher, small, **{"epochs": 1, "progress": False, **kwargs})
 
 
-def test_teacher_on_another_device_is_refused(small, teacher):
+def test_teacher_without_weights_is_refused(small, teacher):
     elsewhere = copy.deepcopy(teacher).to("meta")
-    with pytest.raises(ValueError, match="the teacher is on meta but training runs on cpu"):
+    with pytest.raises(ValueError, match="the teacher is on the meta device .* training runs"):
         distill(kdlib.model("tiny"), elsewhere, small, epochs=1, device="cpu", progress=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_teacher_on_another_device_is_moved_there_and_back(small, teacher):
+    teacher = copy.deepcopy(teacher).cpu()
+    before = _snapshot(teacher)
+    student = kdlib.model("tiny", seed=0)
+    hist = distill(student, teacher, small, epochs=1, device="cuda", progress=False)
+    assert hist.info["teacher_device"].startswith("moved from cpu to cuda")
+    assert all(p.device.type == "cpu" for p in teacher.parameters())
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert next(student.parameters()).device.type == "cuda"
 
 
 def test_class_count_mismatch(small, teacher):
