@@ -10,7 +10,9 @@ PY := $(VENV)/bin/python
 EXTRAS ?= lab,dev
 comma := ,
 STAMP := $(VENV)/.kdlib-installed-$(subst $(comma),-,$(EXTRAS))
-NB_ENV := KDLIB_PROGRESS=0 KDLIB_DEVICE=cpu MPLBACKEND=module://matplotlib_inline.backend_inline PYTHONHASHSEED=0
+# Stored notebook outputs are compared digit for digit, and float sums depend on how many
+# threads split them: tests and `make notebooks` use 2 threads (CI's 2 cores) on any machine.
+NB_ENV := KDLIB_PROGRESS=0 KDLIB_DEVICE=cpu MPLBACKEND=module://matplotlib_inline.backend_inline PYTHONHASHSEED=0 OMP_NUM_THREADS=2
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 
 .PHONY: setup lab test test-fast notebooks bench results exercises lint format clean
@@ -31,6 +33,8 @@ LAB_FLAGS ?=
 lab: setup
 	$(VENV)/bin/jupyter lab --allow-root --ServerApp.root_dir="$(CURDIR)" $(LAB_FLAGS) notebooks/00_setup_and_data.ipynb
 
+# nbval compares with outputs made from freshly trained teachers (see `notebooks`); if a
+# teacher in your cache is stale, run `KDLIB_CACHE=$(mktemp -d) make test`, as .ci/run does.
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -40,8 +44,11 @@ test: setup
 test-fast: setup
 	$(NB_ENV) $(PY) -m pytest -q -x tests -m "not slow"
 
+# Teachers are trained afresh into a throw-away cache, as on a clean CI machine: a teacher
+# cached earlier (another torch, other threads) would bake its own digits into the outputs.
 notebooks: setup
-	$(NB_ENV) $(PY) -m kdlib.notebooks notebooks/*.ipynb
+	cache=$$(mktemp -d) && $(NB_ENV) KDLIB_CACHE=$$cache $(PY) -m kdlib.notebooks notebooks/*.ipynb; \
+	rc=$$?; rm -rf "$$cache"; exit $$rc
 
 # Student versions of the exercises (exercises/NN_*.ipynb) from their sources (answer keys).
 exercises: setup
