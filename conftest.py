@@ -1,10 +1,24 @@
-"""Project-wide pytest hooks: a runtime table for the notebooks checked by nbval.
+"""Project-wide pytest hooks: a runtime table for the notebooks checked by nbval, and the
+hypothesis profile.
 
 Each notebook's cells are pytest items; their durations are added up per notebook and
 printed at the end of the run. This is a report, not an assertion on time.
+
+Property tests draw new examples on every run locally. CI (``.ci/run``) sets
+``HYPOTHESIS_PROFILE=ci``: the same examples every time, so a landing never turns red on a
+lucky draw; run locally (or ``--hypothesis-seed``) to explore.
 """
 
+import os
 from collections import defaultdict
+
+try:
+    from hypothesis import settings
+except ImportError:  # the notebooks alone can be checked without the dev extra
+    pass
+else:
+    settings.register_profile("ci", derandomize=True, print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 _nb_seconds: dict[str, float] = defaultdict(float)
 
