@@ -74,7 +74,8 @@ def mean_kl(student, teacher, X: torch.Tensor | None = None, T: float = 1.0) -> 
     """
     if not T > 0:
         raise ValueError(f"temperature T must be > 0, got {T}")
-    s, t = _logits(student, X), _logits(teacher, X).to(_logits(student, X).device)
+    s = _logits(student, X)
+    t = _logits(teacher, X).to(s.device)
     if s.shape != t.shape:
         raise ValueError(f"student and teacher logits differ in shape: {s.shape} vs {t.shape}")
     log_p_s = F.log_softmax(s / T, dim=1)

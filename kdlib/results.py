@@ -33,6 +33,7 @@ from .data import Dataset, load
 from .distill import distill, random_shift
 from .features import BETA_DEFAULTS, distill_features
 from .metrics import (
+    accuracy,
     agreement,
     compare_latency,
     count_params,
@@ -46,9 +47,9 @@ from .params import distill_params
 from .prune import (
     iterative_prune,
     make_permanent,
-    prune_to_sparsity,
     shrink,
     sparsity_report,
+    sparsity_sweep,
     structured_prune,
 )
 from .recipes import RECIPES, train_preset, trained_teacher
@@ -231,10 +232,8 @@ def distill_runs(
     teachers = dict(teachers or {})
     teachers.update(_teachers(data, needed - set(teachers), teacher_epochs))
     X_test = data.X_test
-    teacher_acc = {
-        name: float((predict(t, X_test).argmax(1) == data.y_test).float().mean())
-        for name, t in teachers.items()
-    }
+    teacher_test = {name: predict(t, X_test) for name, t in teachers.items()}  # logits, once
+    teacher_acc = {name: accuracy(z, data.y_test) for name, z in teacher_test.items()}
     runs: dict[str, list[Run]] = {}
     for m in methods:
         for seed in seeds:
@@ -244,7 +243,7 @@ def distill_runs(
             teacher = teachers.get(m.teacher)
             hist = m.train(net, teacher, data, seed, epochs)
             # scratch rows are compared with the KD rows' teacher
-            reference = teacher if teacher is not None else teachers["cnn-teacher"]
+            reference = teacher_test[m.teacher if teacher is not None else "cnn-teacher"]
             run = Run(
                 method=m.name,
                 teacher=m.teacher,
@@ -419,9 +418,9 @@ def magnitude_rows(
     ``params_kept`` (nonzero parameters), ``dense_bytes`` and ``csr_bytes``.
     """
     lr = RECIPES[PRUNE_MODEL].lr
+    oneshot = sparsity_sweep(dense, data, sparsities)
     rows = []
-    for s in sparsities:
-        oneshot = prune_to_sparsity(copy.deepcopy(dense), s)
+    for s, acc_oneshot in zip(oneshot.sparsities, oneshot.accuracy, strict=True):
         tuned = copy.deepcopy(dense)
         hist = iterative_prune(
             tuned, data, s, lr=lr, seed=seed, progress=False, **(iterative or ITERATIVE)
@@ -430,7 +429,7 @@ def magnitude_rows(
         rows.append(
             {
                 "sparsity": s,
-                "acc_oneshot": evaluate(oneshot, data)["accuracy"],
+                "acc_oneshot": acc_oneshot,
                 "acc_finetuned": hist.last("test_acc"),
                 "params_kept": count_params(tuned, nonzero=True),
                 "dense_bytes": size_bytes(tuned),
@@ -461,11 +460,11 @@ def shrink_rows(
     for f in fractions:
         masked = structured_prune(copy.deepcopy(dense), f)
         small = shrink(masked)
-        fit(small, data, epochs=finetune_epochs, lr=3e-4, seed=seed, progress=False)
+        hist = fit(small, data, epochs=finetune_epochs, lr=3e-4, seed=seed, progress=False)
         models[f"masked {f:.0%}"] = masked
         accs[f"masked {f:.0%}"] = evaluate(masked, data)["accuracy"]
         models[f"shrunk {f:.0%}"] = small
-        accs[f"shrunk {f:.0%}"] = evaluate(small, data)["accuracy"]
+        accs[f"shrunk {f:.0%}"] = hist.last("test_acc")  # fit evaluated it after the last epoch
     seconds = compare_latency(models, shape, batch_size=256, rounds=rounds)
     rows = [
         {
@@ -602,7 +601,6 @@ class SummaryMethod:
     build: Callable[[nn.Module, int], nn.Module]  # (teacher, seed) -> student
     train: Callable[[nn.Module, nn.Module, Dataset, int, int], History]
     note: str = ""  # what a reader must know to interpret the row
-    sparse: bool = False  # stored as CSR (masked weights), not dense
 
 
 def _start(start: str, keep: float) -> Callable[[nn.Module, int], nn.Module]:
@@ -640,7 +638,7 @@ def _soft(loss: str, start: str, T: float, alpha: float):
 def _hint(T: float, alpha: float):
     def train(student, teacher, data, seed, epochs):
         return distill_features(
-            student, teacher, data, {"stage2": "stage2"}, "hint", epochs, T=T, alpha=alpha,
+            student, teacher, data, FEATURE_PAIRS, "hint", epochs, T=T, alpha=alpha,
             **_recipe("random"), seed=seed,
         )  # fmt: skip
 
@@ -726,9 +724,10 @@ def summary_runs(
 
     Returns:
         ``(runs, sizes)``: the runs per method name, and each method's ``(nonzero
-        parameters, bytes)`` after training (bytes of a CSR copy for sparse rows).
+        parameters, bytes)`` after training.
     """
     methods = list(methods) if methods is not None else summary_methods()
+    teacher_test = predict(teacher, data.X_test)  # the teacher's test logits, once
     runs: dict[str, list[Run]] = {}
     sizes: dict[str, tuple[int, int]] = {}
     for m in methods:
@@ -740,7 +739,7 @@ def summary_runs(
                 teacher="cnn-teacher",
                 seed=seed,
                 acc=hist.last("test_acc"),
-                agreement=agreement(student, teacher, data.X_test),
+                agreement=agreement(student, teacher_test, data.X_test),
                 epochs=hist.epochs,
                 seconds=hist.seconds + hist.info.get("cache_seconds", 0.0),
                 history=hist,
@@ -748,7 +747,7 @@ def summary_runs(
             runs.setdefault(m.name, []).append(run)
             sizes[m.name] = (
                 count_params(student, nonzero=True),
-                size_bytes(student, sparse=m.sparse),
+                size_bytes(student),
             )
             if log is not None:
                 log(f"  {m.name:<44} seed {seed}: acc {run.acc:.4f}, {run.seconds:.1f} s")

@@ -11,7 +11,6 @@ import torch
 
 __all__ = [
     "cost_bars",
-    "size_accuracy",
     "sample_grid",
     "attention_grid",
     "pruning_panel",
@@ -69,24 +68,6 @@ def cost_bars(rows: list[dict], keys=("parameters", "MACs", "latency_ms"), log: 
         ax.tick_params(axis="x", rotation=60, labelsize=8)
     fig.tight_layout()
     return fig
-
-
-def size_accuracy(rows: list[dict], x: str = "parameters", y: str = "accuracy", ax=None):
-    """Accuracy against size, one labelled point per row (``"name"``, ``x``, ``y`` keys).
-
-    Returns:
-        The matplotlib ``Axes``.
-    """
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3.5))
-    for r in rows:
-        ax.scatter(r[x], r[y], s=30)
-        ax.annotate(r["name"], (r[x], r[y]), fontsize=8, xytext=(4, 2), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel(f"{x} (log scale)")
-    ax.set_ylabel(y)
-    ax.grid(alpha=0.3)
-    return ax
 
 
 def attention_grid(X, maps: dict, data=None, labels=None, title: str | None = None):
