@@ -324,7 +324,11 @@ def _make(name, X_tr, y_tr, X_te, y_te, classes, source, channels: int = 1) -> D
 
 
 def _stratified_split(X, y, n_test: int, seed: int):
-    """Same share of every class in train and test, fixed by ``seed``."""
+    """Same share of every class in train and test, fixed by ``seed``; both splits shuffled.
+
+    The test split is shuffled too (after the training split, whose order it leaves as it was),
+    so that its first ``k`` images hold every class: the bundled MNIST file is sorted by class.
+    """
     rng = np.random.default_rng(seed)
     classes = np.unique(y)
     test_idx = []
@@ -335,6 +339,7 @@ def _stratified_split(X, y, n_test: int, seed: int):
     test = np.sort(np.concatenate(test_idx))
     train = np.setdiff1d(np.arange(len(y)), test)
     train = rng.permutation(train)
+    test = rng.permutation(test)
     return X[train], y[train], X[test], y[test]
 
 

