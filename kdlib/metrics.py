@@ -33,6 +33,7 @@ __all__ = [
     "latency",
     "compare_latency",
     "macs",
+    "input_shape_of",
     "pareto_front",
 ]
 
@@ -135,15 +136,41 @@ def size_bytes(model: nn.Module, sparse: bool = False, index_bytes: int = 4) -> 
     return int(total)
 
 
-def _example_input(model: nn.Module, input_shape: Sequence[int], batch_size: int):
+def input_shape_of(model: nn.Module) -> tuple[int, ...]:
+    """The shape of one example that ``model`` takes, as far as the model itself tells.
+
+    A CNN from :func:`kdlib.cnn` (every convolutional preset) records its ``input_shape``; a
+    model whose first weight layer is an ``nn.Linear`` takes ``(in_features,)`` (a leading
+    ``nn.Flatten`` accepts that too).
+
+    Raises:
+        ValueError: anything else, e.g. a convolution built by hand, whose height and width
+            the model does not record: pass ``input_shape`` (e.g. ``data.input_shape``).
+    """
+    recorded = getattr(model, "input_shape", None)
+    if recorded is not None:
+        return tuple(int(d) for d in recorded)
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            return (m.in_features,)
+        if isinstance(m, nn.modules.conv._ConvNd | nn.RNNBase | nn.Embedding):
+            break
+    raise ValueError(
+        f"cannot tell the input shape of this {type(model).__name__}: it does not record one "
+        "and does not start with nn.Linear; pass input_shape=(C, H, W), e.g. data.input_shape"
+    )
+
+
+def _example_input(model: nn.Module, input_shape: Sequence[int] | None, batch_size: int):
+    shape = input_shape_of(model) if input_shape is None else tuple(input_shape)
     p = next(iter(model.parameters()), None)
     device = p.device if p is not None else torch.device("cpu")
-    return torch.randn(batch_size, *input_shape, device=device)
+    return torch.randn(batch_size, *shape, device=device)
 
 
 def latency(
     model: nn.Module,
-    input_shape: Sequence[int] = (1, 28, 28),
+    input_shape: Sequence[int] | None = None,
     batch_size: int = 256,
     *,
     min_run_time: float = 0.3,
@@ -154,6 +181,8 @@ def latency(
     Uses ``torch.utils.benchmark.Timer.blocked_autorange``, which warms up, then times blocks
     of runs for at least ``min_run_time`` seconds, and reports the median per run. Compare
     two models by a ratio measured in the same process, not by absolute numbers.
+    ``input_shape`` is the shape of one example; by default the model's own
+    (:func:`input_shape_of`).
     """
     from torch.utils.benchmark import Timer
 
@@ -178,7 +207,7 @@ def latency(
 
 def compare_latency(
     models: dict[str, nn.Module],
-    input_shape: Sequence[int] = (1, 28, 28),
+    input_shape: Sequence[int] | None = None,
     batch_size: int = 256,
     *,
     rounds: int = 5,
@@ -204,8 +233,11 @@ def compare_latency(
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def macs(model: nn.Module, input_shape: Sequence[int] = (1, 28, 28)) -> int:
+def macs(model: nn.Module, input_shape: Sequence[int] | None = None) -> int:
     """Multiply–accumulate operations of one forward pass for a single example.
+
+    ``input_shape`` is the shape of one example; by default the model's own
+    (:func:`input_shape_of`).
 
     Counted with ``torch.utils.flop_counter.FlopCounterMode`` (which counts 2 FLOPs per MAC),
     so only matrix products and convolutions are included. Zeros in masked weights are still

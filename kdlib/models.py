@@ -108,7 +108,9 @@ def cnn(
     else:
         head["fc1"] = nn.Linear(c * h * w, num_classes)
     stages["head"] = nn.Sequential(head)
-    return nn.Sequential(stages)
+    net = nn.Sequential(stages)
+    net.input_shape = tuple(input_shape)  # read by kdlib.macs and kdlib.latency
+    return net
 
 
 # name -> (builder, keyword arguments, one line for learners)

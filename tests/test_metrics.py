@@ -75,6 +75,23 @@ def test_macs_by_hand():
     assert kdlib.macs(conv, (1, 8, 8)) == 8 * 8 * 4 * 9
 
 
+def test_macs_and_latency_read_the_input_shape_from_the_model():
+    from kdlib.metrics import input_shape_of
+
+    # A CNN records its input shape: CIFAR presets need no input_shape argument.
+    cifar = kdlib.model("cifar-student")
+    assert input_shape_of(cifar) == (3, 32, 32)
+    assert kdlib.macs(cifar) == kdlib.macs(cifar, (3, 32, 32)) > 0
+    assert kdlib.latency(cifar, batch_size=2, min_run_time=0.01) > 0
+    # A shrunk copy keeps it.
+    assert input_shape_of(kdlib.prune.shrink(kdlib.model("cnn-thin"))) == (1, 28, 28)
+    # An MLP takes its first layer's in_features (its Flatten accepts that shape too).
+    assert input_shape_of(kdlib.model("tiny")) == (784,)
+    # A convolution built by hand does not say its height and width: a clear error.
+    with pytest.raises(ValueError, match=r"input shape of this Sequential.*input_shape="):
+        kdlib.macs(nn.Sequential(nn.Conv2d(3, 4, 3)))
+
+
 def test_latency_is_positive_and_restores_mode():
     net = kdlib.model("tiny").train()
     t = kdlib.latency(net, batch_size=8, min_run_time=0.01)
