@@ -227,6 +227,7 @@ def distill(
     alpha: float = 0.9,
     lam: float = 1.0,
     cache_teacher_logits: bool | None = None,
+    teacher_logits: torch.Tensor | None = None,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     extra_loss: Callable[[DistillBatch], torch.Tensor] | None = None,
     extra_modules: Sequence[nn.Module] = (),
@@ -268,6 +269,10 @@ def distill(
             ``augment``). ``False``: run the teacher on every batch. ``None`` (default):
             cache exactly when there is neither ``augment`` nor ``extra_loss`` (an
             ``extra_loss`` usually reads teacher features, which need the teacher's forward).
+        teacher_logits: the cache computed beforehand, ``predict(teacher, data.X_train)``,
+            shape ``(len(data.X_train), C)``: several runs with one teacher (a sweep, several
+            seeds) then pay for the teacher's pass over the training split once. Implies
+            ``cache_teacher_logits=True``; its first rows are checked against the teacher.
         augment: ``augment(X) -> X`` applied to each training batch; the teacher then sees
             the same augmented batch as the student.
         extra_loss: ``extra_loss(batch: DistillBatch) -> scalar`` added to ``loss`` on every
@@ -289,7 +294,8 @@ def distill(
 
     Raises:
         ValueError: the student is the teacher or shares its parameters; T <= 0; alpha
-            outside [0, 1]; an unknown loss; caching asked for with ``augment``; a teacher on
+            outside [0, 1]; an unknown loss; caching asked for with ``augment``;
+            ``teacher_logits`` of the wrong shape or not the teacher's; a teacher on
             the meta device; student and teacher with different class counts; labels out of
             range; NaN/inf logits (with epoch, batch and rows).
 
@@ -305,6 +311,13 @@ def distill(
     loss_fn_logits = resolve_loss(loss, T, alpha, lam)
     if loss_fn_logits is None and extra_loss is None:
         raise ValueError("loss=None needs an extra_loss: otherwise there is nothing to train")
+    if teacher_logits is not None:
+        if cache_teacher_logits is False:
+            raise ValueError(
+                "teacher_logits given with cache_teacher_logits=False: given logits are a "
+                "cache; drop one of the two"
+            )
+        cache_teacher_logits = True
     if cache_teacher_logits is None:
         cache_teacher_logits = augment is None and extra_loss is None
     elif cache_teacher_logits and augment is not None:
@@ -341,7 +354,10 @@ def distill(
                 f"classes: student and teacher must both output {C} logits"
             )
         t0 = time.perf_counter()
-        cached = predict(teacher, data.X_train) if cache_teacher_logits else None
+        if teacher_logits is not None:
+            cached = _given_logits(teacher_logits, probe, len(data.X_train), C).to(dev)
+        else:
+            cached = predict(teacher, data.X_train) if cache_teacher_logits else None
         cache_seconds = time.perf_counter() - t0
         if cached is not None and not bool(torch.isfinite(cached).all()):
             bad = torch.nonzero(~torch.isfinite(cached).all(1)).flatten()[:5].tolist()
@@ -426,6 +442,24 @@ def distill(
     return history
 
 
+def _given_logits(z: torch.Tensor, probe: torch.Tensor, n: int, C: int) -> torch.Tensor:
+    """Check logits the caller computed for the training split against the teacher."""
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"teacher_logits must be a tensor, got {type(z).__name__}")
+    if tuple(z.shape) != (n, C):
+        raise ValueError(
+            f"teacher_logits have shape {tuple(z.shape)} but the training split needs ({n}, {C}):"
+            " pass predict(teacher, data.X_train)"
+        )
+    head = z[: len(probe)].detach().float().to(probe.device)
+    if not torch.allclose(head, probe.float(), rtol=1e-3, atol=1e-3):
+        raise ValueError(
+            "teacher_logits are not this teacher's logits on data.X_train (the first rows "
+            "differ): another teacher, another data order, or a teacher changed since"
+        )
+    return z.detach()
+
+
 @dataclass
 class DistillSweep:
     """The histories of :func:`distill` runs over a grid of settings, to look up later.
@@ -497,6 +531,11 @@ def distill_sweep(
     if clash:
         raise ValueError(f"{sorted(clash)} given both in grid and as fixed arguments")
     keys = list(grid)
+    fixed_inputs = not {"augment", "extra_loss", "cache_teacher_logits", "teacher_logits"} & (
+        set(kwargs) | set(keys)
+    )
+    if fixed_inputs:  # the teacher's pass over the training split, once for the whole grid
+        kwargs["teacher_logits"] = predict(teacher, data.X_train)
     settings, histories = [], []
     for values in itertools.product(*(grid[k] for k in keys)):
         setting = dict(zip(keys, values, strict=True))

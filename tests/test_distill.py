@@ -82,6 +82,72 @@ def test_cached_and_per_batch_teacher_logits_give_the_same_trajectory(small, tea
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
 
+def test_given_teacher_logits_give_exactly_the_cached_trajectory(small, teacher):
+    runs = []
+    for given in (None, kdlib.predict(teacher, small.X_train)):
+        student = kdlib.model("tiny", seed=1)
+        hist = distill(
+            student, teacher, small, "kd", epochs=2, T=4.0, alpha=0.7, seed=3,
+            teacher_logits=given, progress=False,
+        )  # fmt: skip
+        runs.append((student, hist))
+    (s_a, h_a), (s_b, h_b) = runs
+    assert h_a.info["teacher_logits"] == h_b.info["teacher_logits"] == "cached"
+    assert h_a["loss"] == h_b["loss"] and h_a["agreement"] == h_b["agreement"]
+    for p, q in zip(s_a.parameters(), s_b.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_given_teacher_logits_are_checked(small, teacher):
+    z = kdlib.predict(teacher, small.X_train)
+    student = kdlib.model("tiny", seed=1)
+    with pytest.raises(ValueError, match=r"shape \(511, 10\).*\(512, 10\)"):
+        distill(student, teacher, small, teacher_logits=z[:-1], epochs=1, progress=False)
+    with pytest.raises(ValueError, match="not this teacher's logits"):
+        distill(student, teacher, small, teacher_logits=z.flip(0), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="cache_teacher_logits=False"):
+        distill(
+            student, teacher, small, teacher_logits=z, cache_teacher_logits=False, epochs=1,
+            progress=False,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="augment"):
+        distill(student, teacher, small, teacher_logits=z, augment=_shift, epochs=1)
+    with pytest.raises(TypeError, match="must be a tensor"):
+        distill(student, teacher, small, teacher_logits=z.tolist(), epochs=1, progress=False)
+    bad = z.clone()
+    bad[7, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN/inf on training rows \[7\]"):
+        distill(student, teacher, small, teacher_logits=bad, epochs=1, progress=False)
+
+
+def test_sweep_runs_the_teacher_over_the_training_split_once(small, teacher):
+    rows = []
+    handle = teacher.register_forward_hook(lambda m, i, o: rows.append(len(o)))
+    try:
+        sweep = kdlib.distill_sweep(
+            lambda: kdlib.model("tiny", seed=0), teacher, small,
+            {"alpha": [0.5, 1.0], "T": [2.0]}, epochs=1, seed=0, progress=False,
+        )  # fmt: skip
+    finally:
+        handle.remove()
+    runs = len(sweep.histories)
+    # Once over the training split; per run, a 2-row probe and the test split.
+    n_train, n_test = len(small.X_train), len(small.X_test)
+    assert sum(rows) == n_train + runs * (2 + n_test)
+    # Each run is the run distill makes on its own.
+    alone = distill(
+        kdlib.model("tiny", seed=0),
+        teacher,
+        small,
+        alpha=1.0,
+        T=2.0,
+        epochs=1,
+        seed=0,
+        progress=False,
+    )
+    assert sweep.lookup(alpha=1.0, T=2.0)["loss"] == alone["loss"]
+
+
 def test_ce_loss_in_distill_is_exactly_fit(small, teacher):
     """distill reuses fit's loop: with loss="ce" it is plain training, same weights."""
     a, b = kdlib.model("tiny", seed=0), kdlib.model("tiny", seed=0)
