@@ -91,11 +91,21 @@ def train_preset(
     return net, hist
 
 
+def _data_digest(data: Dataset) -> str:
+    """SHA-256 of the data's tensors: another split, subset or order is another data set."""
+    h = hashlib.sha256()
+    for t in (data.X_train, data.y_train, data.X_test, data.y_test):
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _cache_key(name: str, data: Dataset, seed: int, recipe: Recipe) -> str:
     facts = {
         "preset": name,
         "data": data.name,
         "n_train": len(data.X_train),
+        "data_sha256": _data_digest(data),  # the name alone would mix up splits
         "seed": seed,
         "recipe": asdict(recipe),
         "torch": torch.__version__.split("+")[0],

@@ -1,5 +1,7 @@
 """kdlib.train: the loop matches a hand-written one, histories, devices, bad input."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -140,6 +142,26 @@ def test_trained_teacher_is_cached(small, tmp_path, monkeypatch):
     assert b.history.last("test_acc") == a.history.last("test_acc")
     with pytest.raises(ValueError, match="no recipe for preset 'nope'"):
         kdlib.trained_teacher(small, preset="nope")
+
+
+def test_teacher_cache_tells_splits_apart(tmp_path, monkeypatch):
+    # Same name, same sizes, another split: a cached teacher of split 0 has seen split 1's
+    # test images, so it must not be handed out for split 1.
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path))
+    monkeypatch.setitem(kdlib.RECIPES, "tiny", kdlib.Recipe(epochs=1, lr=3e-3))
+    split0, split1 = kdlib.load("digits", seed=0), kdlib.load("digits", seed=1)
+    assert split0.name == split1.name and len(split0.X_train) == len(split1.X_train)
+    kdlib.trained_teacher(split0, preset="tiny", progress=False)
+    kdlib.trained_teacher(kdlib.load("digits", seed=0), preset="tiny", progress=False)
+    assert len(list((tmp_path / "teachers").glob("*.pt"))) == 1  # same data: a cache hit
+    kdlib.trained_teacher(split1, preset="tiny", progress=False)
+    assert len(list((tmp_path / "teachers").glob("*.pt"))) == 2  # another split: trained
+    # One changed label is another data set too.
+    y = split0.y_train.clone()
+    y[0] = (y[0] + 1) % 10
+    relabelled = dataclasses.replace(split0, y_train=y)
+    kdlib.trained_teacher(relabelled, preset="tiny", progress=False)
+    assert len(list((tmp_path / "teachers").glob("*.pt"))) == 3
 
 
 @pytest.mark.gpu
