@@ -213,3 +213,38 @@ def test_format_table_without_timing():
     assert with_time[3] == "| m | — | 90.0 ± 1.0 | 80.0 | 5.0 | 3.0 |"
     assert without[3] == "| m | — | 90.0 ± 1.0 | 80.0 | 5.0 |"
     assert without[2] == "| teacher `t` | — | 95.0 | — | — |"
+
+
+# ---- splits section: the distill table's gap share on other splits --------------------------
+def test_splits_section_trains_a_teacher_per_split(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path))  # the teachers trained here stay here
+    real_load = results.load
+    asked = []
+
+    def small_load(name, seed=0):
+        asked.append((name, seed))
+        return real_load(name, seed=seed).subset(1000, 300)
+
+    monkeypatch.setattr(results, "load", small_load)
+    quick = dataclasses.replace(results.RECIPES["cnn-teacher"], epochs=3)
+    monkeypatch.setitem(results.RECIPES, "cnn-teacher", quick)
+    monkeypatch.setattr(results, "SPLIT_SEEDS", (0, 3))
+    assert "splits" in results.SECTIONS
+    rows = results.split_shares("mnist-5k", splits=(0, 3), seeds=(0,), epochs=1)
+    assert asked == [("mnist-5k", 0), ("mnist-5k", 3)]
+    # One teacher per split, trained on that split (the cache holds one file each).
+    assert len(list((tmp_path / "teachers").glob("*.pt"))) == 2
+    for r in rows:
+        assert r["n_test"] == 300 and r["scratch_std"] == r["kd_std"] == 0.0  # one seed
+        expected = (r["kd"] - r["scratch"]) / (r["teacher"] - r["scratch"])
+        assert r["share"] == pytest.approx(expected)
+    # The command prints a row per split and the mean ± std of the shares over splits.
+    asked.clear()
+    assert results.main(["splits", "--seeds", "0", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert asked == [("mnist-5k", 0), ("mnist-5k", 3)]
+    assert "| 0 (default) |" in out and "| 3 |" in out
+    shares = [100 * r["share"] for r in rows]  # the same runs again, from the cache's teachers
+    mean = sum(shares) / 2
+    std = abs(shares[0] - shares[1]) / 2**0.5
+    assert f"over 2 splits: {mean:.0f} ± {std:.0f}%" in out
