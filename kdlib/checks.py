@@ -9,8 +9,9 @@ probabilities fed to ``F.kl_div``, ``reduction="mean"``, a mask that keeps the s
 weights, ...), the hint names that mistake. A checker never raises because of the learner's
 code: an exception, a wrong type or a wrong shape is reported as a failed case. Every checker
 returns a :class:`CheckResult`; :data:`EXERCISES` lists the exercises of the exercise
-notebooks with their checkers and points, and :func:`check_notebook` is what
-:mod:`kdlib.grade` runs inside each submission's kernel.
+notebooks with their checkers and points. The grader never trusts a verdict reached in a
+submission's kernel: :mod:`kdlib.record` records there what the learner's code returned and
+replays it to the same checker in the grader's own process.
 """
 
 from __future__ import annotations
@@ -1703,9 +1704,10 @@ def check_exercise(
 ) -> CheckResult:
     """Run exercise ``exercise_id``'s checker on what ``namespace`` defines for it.
 
-    The grader calls this in a submission's kernel after its cells have run, with the
-    kernel's globals. A name that is not defined (its cell deleted, or failed before
-    defining it) fails the exercise with that reason. Never raises for the learner's code.
+    The grader calls this in its own process, with the learner's outputs replayed from the
+    submission's sandbox (:mod:`kdlib.record`). A name that is not defined (its cell deleted,
+    or failed before defining it) fails the exercise with that reason. Never raises for the
+    learner's code.
     """
     if exercise_id not in EXERCISES:
         raise ValueError(f"unknown exercise {exercise_id!r}; known: {', '.join(EXERCISES)}")
