@@ -21,18 +21,28 @@ else:
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 _nb_seconds: dict[str, float] = defaultdict(float)
+_ui_skipped: list[str] = []  # why the real-browser tests did not run
 
 
 def pytest_runtest_logreport(report):
     path = report.nodeid.split("::")[0]
     if path.endswith(".ipynb"):
         _nb_seconds[path] += report.duration
+    if path.endswith("test_ui.py") and report.skipped and isinstance(report.longrepr, tuple):
+        _ui_skipped.append(report.longrepr[2].removeprefix("Skipped: "))
 
 
 def pytest_terminal_summary(terminalreporter):
+    tr = terminalreporter
+    if _ui_skipped:
+        tr.section("real-browser test NOT run")
+        tr.write_line(f"{len(_ui_skipped)} browser checks skipped: {_ui_skipped[0]}")
+        tr.write_line(
+            "To run them: install Chromium (Debian/Ubuntu: `sudo apt-get install chromium`, or "
+            "set KDLIB_CHROMIUM to a Chromium binary) and `make setup EXTRAS=lab,dev,ui`."
+        )
     if not _nb_seconds:
         return
-    tr = terminalreporter
     tr.section("notebook runtimes (nbval, includes kernel start-up)")
     for path, seconds in sorted(_nb_seconds.items()):
         tr.write_line(f"{path:<55} {seconds:6.1f} s")

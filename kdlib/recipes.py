@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
+import tempfile
+import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,7 +24,7 @@ from torch import nn
 from . import parallel
 from .data import Dataset, cache_dir
 from .models import model as build_model
-from .train import History, fit
+from .train import History, fit, get_device
 
 __all__ = ["Recipe", "RECIPES", "train_preset", "trained_teacher"]
 
@@ -100,7 +105,18 @@ def _data_digest(data: Dataset) -> str:
     return h.hexdigest()
 
 
-def _cache_key(name: str, data: Dataset, seed: int, recipe: Recipe) -> str:
+# Environment variables that choose the CPU instructions of oneDNN's and MKL's kernels.
+_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR")
+
+
+def _cache_key(name: str, data: Dataset, seed: int, recipe: Recipe, device: torch.device) -> str:
+    """The teacher's cache file name: a digest of everything that decides its weights.
+
+    Training is deterministic for a given torch build, thread count, device, CPU instruction
+    set and process count, but any of them moves the last digits of the weights, and those
+    move every printed number downstream. A teacher trained in another setting is therefore
+    another file, side by side.
+    """
     facts = {
         "preset": name,
         "data": data.name,
@@ -108,10 +124,47 @@ def _cache_key(name: str, data: Dataset, seed: int, recipe: Recipe) -> str:
         "data_sha256": _data_digest(data),  # the name alone would mix up splits
         "seed": seed,
         "recipe": asdict(recipe),
-        "torch": torch.__version__.split("+")[0],
+        "torch": torch.__version__,  # the full build: 2.13.0+cpu and +cu130 sum differently
+        "threads": torch.get_num_threads(),  # float sums are split by thread
+        "device": device.type,
+        "machine": platform.machine(),
+        # AVX2 and AVX-512 kernels add up in other orders
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+        "isa_limits": {k: os.environ.get(k) for k in _ISA_VARIABLES},
+        "processes": parallel.world_size(),
     }
     digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
     return f"{name}-{data.name}-seed{seed}-{digest}"
+
+
+def _load_cached(path: Path, preset: str, data: Dataset) -> nn.Module | None:
+    """The teacher stored at ``path``, or ``None`` (with a warning) if the file is unreadable."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        net = build_model(preset, input_shape=data.input_shape, num_classes=data.num_classes)
+        net.load_state_dict(saved["state_dict"])
+        net.history = History(rows=json.loads(saved["history"]))
+    except Exception as e:  # truncated, corrupt or foreign file: a cache miss, not a crash
+        warnings.warn(
+            f"ignoring unreadable cached teacher {path} ({type(e).__name__}); training it again",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return net
+
+
+def _save_cached(path: Path, net: nn.Module, hist: History) -> None:
+    """Write the teacher atomically: a reader never sees half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        torch.save({"state_dict": state, "history": json.dumps(hist.rows)}, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs time, never correctness
 
 
 def trained_teacher(
@@ -126,8 +179,10 @@ def trained_teacher(
     """A trained teacher for ``data``: from the cache if it is there, else trained now.
 
     The cache holds only a state dict (loaded with ``weights_only=True``) and the training
-    history, written atomically. Training is deterministic on a given machine, so a cached
-    and a freshly trained teacher are the same network.
+    history, written atomically. Its key holds everything that decides the weights (data,
+    recipe, seed, torch build, thread count, device, CPU instructions, process count), so a
+    cached teacher is the very network this process would train. An unreadable cache file is
+    a cache miss, with a warning.
 
     Returns:
         The teacher in eval mode, with ``teacher.history`` (a :class:`History`) attached.
@@ -137,28 +192,20 @@ def trained_teacher(
         raise ValueError(
             f"no recipe for preset {preset!r}; presets with recipes: {', '.join(RECIPES)}"
         )
-    folder = cache_dir() / "teachers"
-    path = folder / (_cache_key(preset, data, seed, recipe) + ".pt")
-    hit = cache and path.exists()
+    train_device = get_device(device)  # where train_preset (fit) would train it
+    path = (
+        cache_dir() / "teachers" / (_cache_key(preset, data, seed, recipe, train_device) + ".pt")
+    )
+    net = _load_cached(path, preset, data) if cache and path.exists() else None
     if parallel.is_distributed():
         # Under torchrun all ranks train together (DDP), so they must agree to load or train.
-        hit = parallel._all_reduce([float(hit)])[0] == parallel.world_size()
-    if hit:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        net = build_model(preset, input_shape=data.input_shape, num_classes=data.num_classes)
-        net.load_state_dict(saved["state_dict"])
-        net.history = History(rows=json.loads(saved["history"]))
+        if parallel._all_reduce([float(net is not None)])[0] < parallel.world_size():
+            net = None
+    if net is not None:
         net.to(device if device is not None else data.device)
         return net.eval()
     net, hist = train_preset(preset, data, seed, device=device, progress=progress)
     net.history = hist
     if cache and parallel.is_main():  # one writer per cache, even under torchrun
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-            torch.save({"state_dict": state, "history": json.dumps(hist.rows)}, tmp)
-            tmp.replace(path)
-        except OSError:
-            pass  # a read-only cache only costs time, never correctness
+        _save_cached(path, net, hist)
     return net.eval()

@@ -164,6 +164,51 @@ def test_teacher_cache_tells_splits_apart(tmp_path, monkeypatch):
     assert len(list((tmp_path / "teachers").glob("*.pt"))) == 3
 
 
+def test_teacher_cache_tells_threads_cpu_kernels_and_torch_builds_apart(tmp_path, monkeypatch):
+    # A teacher trained with 1 thread differs in its last digits from one trained with 2, and
+    # so does everything printed downstream: each setting gets its own file.
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path))
+    monkeypatch.setitem(kdlib.RECIPES, "tiny", kdlib.Recipe(epochs=1, lr=3e-3))
+    data = kdlib.load("digits")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        kdlib.trained_teacher(data, preset="tiny", progress=False)
+        torch.set_num_threads(2)
+        kdlib.trained_teacher(data, preset="tiny", progress=False)
+        assert len(list((tmp_path / "teachers").glob("*.pt"))) == 2
+        kdlib.trained_teacher(data, preset="tiny", progress=False)  # same setting: a hit
+        assert len(list((tmp_path / "teachers").glob("*.pt"))) == 2
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "SSE41")  # other CPU kernels
+        kdlib.trained_teacher(data, preset="tiny", progress=False)
+        assert len(list((tmp_path / "teachers").glob("*.pt"))) == 3
+        monkeypatch.setattr(torch, "__version__", "9.9.9+other")
+        kdlib.trained_teacher(data, preset="tiny", progress=False)
+        assert len(list((tmp_path / "teachers").glob("*.pt"))) == 4
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("junk", [b"", b"not a torch file", "truncate"])
+def test_an_unreadable_cached_teacher_is_a_miss_with_a_warning(tmp_path, monkeypatch, junk):
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path))
+    monkeypatch.setitem(kdlib.RECIPES, "tiny", kdlib.Recipe(epochs=1, lr=3e-3))
+    data = kdlib.load("digits")
+    good = kdlib.trained_teacher(data, preset="tiny", progress=False)
+    (path,) = (tmp_path / "teachers").glob("*.pt")
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2] if junk == "truncate" else junk)
+    # torch's own message would speak of weights_only and unpickling, not of the cache
+    with pytest.raises(Exception):  # noqa: B017
+        torch.load(path, weights_only=True)
+    with pytest.warns(RuntimeWarning, match="unreadable cached teacher.*training it again"):
+        again = kdlib.trained_teacher(data, preset="tiny", progress=False)
+    assert torch.equal(kdlib.predict(again, data.X_test), kdlib.predict(good, data.X_test))
+    stored = torch.load(path, weights_only=True)["state_dict"]  # replaced by a good file
+    assert all(torch.equal(v, good.state_dict()[k]) for k, v in stored.items())
+    assert [p.name for p in (tmp_path / "teachers").iterdir()] == [path.name]  # no temp left
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fit_on_cuda_matches_cpu(small):
