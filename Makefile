@@ -65,8 +65,10 @@ test-fast: setup
 
 # Teachers are trained afresh into a throw-away cache, as on a clean CI machine: a teacher
 # cached earlier (another torch, other threads) would bake its own digits into the outputs.
+# Some of them only: make notebooks NOTEBOOKS="notebooks/07_*.ipynb notebooks/08_*.ipynb"
+NOTEBOOKS ?= notebooks/*.ipynb
 notebooks: setup
-	cache=$$(mktemp -d) && $(NB_ENV) KDLIB_CACHE=$$cache $(PY) -m kdlib.notebooks notebooks/*.ipynb; \
+	cache=$$(mktemp -d) && $(NB_ENV) KDLIB_CACHE=$$cache $(PY) -m kdlib.notebooks $(NOTEBOOKS); \
 	rc=$$?; rm -rf "$$cache"; exit $$rc
 
 # Student versions of the exercises (exercises/NN_*.ipynb) from their sources (answer keys).
