@@ -10,7 +10,9 @@ for "this should never happen" checks) with a message that names the mistake and
   (weights, batch-norm statistics, train/eval mode, ``requires_grad``, stray ``.grad``);
 * :func:`assert_trained` refuses a teacher that is no better than chance (the "train teacher
   and student jointly from scratch" mistake);
-* :func:`assert_smaller` refuses a "student" that is not smaller than its teacher.
+* :func:`assert_distinct` refuses a "student" that is the teacher object itself, or shares
+  parameters with it (training the student would then train the teacher);
+* :func:`assert_smaller` refuses a "student" that is not a separate, smaller model.
 
 Sparsity measured on ``weight_orig`` instead of the effective weight is caught by
 :func:`kdlib.prune.sparsity_report`, which always measures the effective weights.
@@ -34,6 +36,7 @@ __all__ = [
     "fingerprint",
     "assert_unchanged",
     "assert_trained",
+    "assert_distinct",
     "assert_smaller",
 ]
 
@@ -140,8 +143,44 @@ def assert_trained(teacher: nn.Module, data: Dataset, min_accuracy: float | None
     return acc
 
 
+def assert_distinct(student: nn.Module, teacher: nn.Module) -> None:
+    """Raise if ``student`` is the ``teacher`` object, or shares any parameter with it.
+
+    A student that is the teacher under another name (``student = teacher``, or a tutorial's
+    student called ``teacher_model``) is trained in the teacher's place: the teacher changes,
+    and nothing is compressed. A student that reuses some of the teacher's modules shares
+    their parameters, so every student update also changes the teacher. Parameters count as
+    shared when they are the same tensor or view the same memory.
+    """
+    if student is teacher:
+        raise ValueError(
+            "the student is the teacher object itself (one model under two names): training "
+            "it trains the teacher, and nothing is compressed; build a separate, smaller "
+            "student, e.g. kdlib.model('cnn-thin')"
+        )
+    memory = {p.untyped_storage().data_ptr(): n for n, p in teacher.named_parameters()}
+    shared = [
+        (n, memory[p.untyped_storage().data_ptr()])
+        for n, p in student.named_parameters()
+        if p.untyped_storage().data_ptr() in memory
+    ]
+    if shared:
+        pairs = ", ".join(f"{s} = teacher's {t}" for s, t in shared[:3])
+        raise ValueError(
+            f"the student shares {len(shared)} parameter tensor(s) with the teacher ({pairs}"
+            f"{', ...' if len(shared) > 3 else ''}): every student update changes the "
+            "teacher too; copy what the student inherits (copy.deepcopy) instead of reusing "
+            "the teacher's modules"
+        )
+
+
 def assert_smaller(student: nn.Module, teacher: nn.Module) -> float:
-    """Return the compression ratio teacher/student parameters; raise if it is not > 1."""
+    """Return the compression ratio teacher/student parameters; raise if it is not > 1.
+
+    Calls :func:`assert_distinct` first: a student that is, or shares parameters with, the
+    teacher is refused with that message.
+    """
+    assert_distinct(student, teacher)
     n_s, n_t = count_params(student), count_params(teacher)
     if n_s >= n_t:
         raise ValueError(

@@ -751,14 +751,16 @@ def iterative_prune(
     progress: bool | None = None,
     **fit_kwargs,
 ) -> History:
-    r"""Han et al.'s prune → fine-tune cycles, with the masks held during fine-tuning (in place).
+    r"""Prune → fine-tune cycles (Han et al.), the masks held while fine-tuning (in place).
 
     Step :math:`k = 1..\text{steps}` prunes by magnitude to sparsity :math:`s_k` and then
     fine-tunes with :func:`kdlib.train.fit` at learning rate ``lr * lr_scale``. The masks
     stay on while fine-tuning, so pruned weights remain exactly zero and only the survivors
     adapt. With ``schedule="cubic"`` the :math:`s_k` follow Zhu & Gupta's
     :func:`agp_schedule` (big steps first, small ones near the target), with ``"linear"``
-    equal steps. The model is left masked; call :func:`make_permanent` when done.
+    equal steps. The default is therefore a hybrid: Han et al.'s cycles, one global magnitude
+    threshold per step (``scope="global"``), and Zhu & Gupta's cubic spacing of the steps.
+    The model is left masked; call :func:`make_permanent` when done.
 
     Args:
         model: a trained model (pruned in place).
@@ -776,7 +778,9 @@ def iterative_prune(
     Returns:
         One :class:`~kdlib.train.History` over all fine-tuning epochs; each row also has
         ``step``, ``sparsity`` (masked fraction during that epoch) and, on the first epoch of
-        a step, ``pruned_acc`` (test accuracy right after pruning, before fine-tuning).
+        a step, ``pruned_acc`` (accuracy on ``data``'s test split right after pruning, before
+        fine-tuning). ``history.info["masks"]`` holds a copy of every layer's boolean mask
+        (True = kept) after each step, ``[{layer: mask}, ...]``.
     """
     if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, numbers.Real):
         raise TypeError(f"target_sparsity must be a number, got {target_sparsity!r}")
@@ -817,6 +821,9 @@ def iterative_prune(
         for row in history.rows[first:]:
             row["step"], row["sparsity"] = k, sparsity
         history.rows[first]["pruned_acc"] = pruned_acc
+        # a copy of every mask after this step, so a lesson can check that they only grow
+        masks = {n: _mask(m).bool().clone() for n, m in prunable_layers(model, chosen).items()}
+        history.info.setdefault("masks", []).append(masks)
     history.info["target_sparsity"] = target_sparsity
     return history
 
@@ -960,6 +967,7 @@ class Sensitivity:
     amounts: list[float]  # fractions of the layer's weights pruned
     accuracy: dict[str, list[float]]  # layer -> accuracy at each amount
     sizes: dict[str, int]  # layer -> number of weights
+    split: str = "train"  # the data the accuracies were measured on
 
     def drop(self, layer: str) -> list[float]:
         """Accuracy lost by pruning ``layer`` alone, at each amount."""
@@ -971,7 +979,11 @@ class Sensitivity:
             f"{n:<14}" + "".join(f"{a:>8.1%}" for a in accs) for n, accs in self.accuracy.items()
         ]
         return "\n".join(
-            [f"accuracy when pruned alone (baseline {self.baseline:.1%})", head, *rows]
+            [
+                f"{self.split} accuracy when pruned alone (baseline {self.baseline:.1%})",
+                head,
+                *rows,
+            ]
         )
 
     def suggest(self, target_sparsity: float) -> dict[str, float]:
@@ -1065,4 +1077,4 @@ def sensitivity_scan(
             torch_prune.l1_unstructured(net.get_submodule(name), "weight", amount=a)
             accuracy[name].append(evaluate(net, data, split=split)["accuracy"])
         sizes[name] = int(_mask(model.get_submodule(name)).numel())
-    return Sensitivity(baseline, amounts, accuracy, sizes)
+    return Sensitivity(baseline, amounts, accuracy, sizes, split)

@@ -115,55 +115,96 @@ def attention_grid(X, maps: dict, data=None, labels=None, title: str | None = No
 
 # --------------------------------------------------------------------------------------------
 # Pruning (notebooks 07 and 08)
-def pruning_panel(weight, mask, title: str | None = None, bins: int = 80):
-    """A layer under a mask: histogram of its weights (kept vs pruned) and the mask as an image.
+def pruning_panel(weight, mask, title: str | None = None, bins: int = 80, image_shape=None):
+    """A layer under a mask: histogram of its weights (kept vs pruned) and where the mask keeps.
+
+    The histogram's counts are on a log scale, so the few weights kept at high sparsity stay
+    visible next to the many pruned ones. For a ``Linear`` layer that reads an image
+    (``in_features`` = H·W, e.g. 784 = 28×28) the right panel is an H×W map of how many of
+    the layer's units keep their connection to each input pixel; otherwise it is the mask
+    itself, one row per unit.
 
     Args:
         weight: the unpruned weight, ``(out, in)`` or ``(out, in, kH, kW)``.
         mask: same shape, 1/True where a weight is kept.
         title: figure title.
+        bins: histogram bins.
+        image_shape: ``(H, W)`` of the inputs; default: a square ``in_features`` (28×28 for
+            784), or none (the raw mask) if it is not a square or the weight is a conv's.
 
     Returns:
         The matplotlib ``Figure``.
     """
     w = weight.detach().float().cpu().flatten()
     m = mask.detach().cpu().flatten().bool()
-    fig, (ax_h, ax_m) = plt.subplots(1, 2, figsize=(9, 3.2), width_ratios=(1, 1.4))
+    fig, (ax_h, ax_m) = plt.subplots(1, 2, figsize=(9, 3.4), width_ratios=(1.3, 1))
     edges = torch.linspace(float(w.min()), float(w.max()), bins + 1).numpy()
     ax_h.hist(w[~m].numpy(), bins=edges, color="lightgray", label="pruned")
     ax_h.hist(w[m].numpy(), bins=edges, color="tab:blue", label="kept")
-    ax_h.set_xlabel("weight value")
-    ax_h.set_ylabel("count")
+    ax_h.set_yscale("log")
+    ax_h.set_xlabel("weight value (trained, before pruning)")
+    ax_h.set_ylabel("number of weights (log scale)")
     ax_h.legend(fontsize=8)
-    image = mask.detach().cpu().reshape(mask.shape[0], -1).float().numpy()
-    ax_m.imshow(image, cmap="gray_r", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-    ax_m.set_xlabel("input")
-    ax_m.set_ylabel("unit")
-    ax_m.set_title(f"mask: {int(m.sum()):,} of {m.numel():,} kept (black)", fontsize=9)
+    units, n_in = mask.shape[0], mask[0].numel()
+    if image_shape is None and mask.ndim == 2:
+        side = round(n_in**0.5)
+        image_shape = (side, side) if side > 1 and side * side == n_in else None
+    kept = f"{int(m.sum()):,} of {m.numel():,} weights kept"
+    if image_shape is not None:
+        per_input = mask.detach().cpu().reshape(units, -1).float().sum(0)  # (in,)
+        # the colour scale follows the data, so the pattern stays visible at high sparsity
+        top = max(float(per_input.max()), 1.0)
+        im = ax_m.imshow(per_input.reshape(image_shape).numpy(), cmap="viridis", vmin=0, vmax=top)
+        fig.colorbar(im, ax=ax_m, label=f"units still connected (of {units})")
+        ax_m.set_xticks([])
+        ax_m.set_yticks([])
+        ax_m.set_title(f"connections kept per input pixel\n({kept})", fontsize=9)
+    else:
+        image = mask.detach().cpu().reshape(units, -1).float().numpy()
+        ax_m.imshow(image, cmap="gray_r", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        ax_m.set_xlabel("input")
+        ax_m.set_ylabel("unit")
+        ax_m.set_title(f"mask: {kept} (black)", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def sparsity_curves(curves: dict, baseline: float | None = None, ax=None, ylim=None):
+def sparsity_curves(
+    curves: dict,
+    baseline: float | None = None,
+    ax=None,
+    ylim=None,
+    split: str = "test",
+    errors: dict | None = None,
+):
     """Accuracy against sparsity, one line per entry of ``curves``.
 
     Args:
         curves: ``{label: (sparsities, accuracies)}``, both in [0, 1].
         baseline: the dense model's accuracy, drawn as a dashed line.
+        split: the data the accuracies were measured on, named on the y axis
+            (``"test"``, ``"validation"``, ``"training"``).
+        errors: ``{label: stds}`` for curves drawn with error bars (e.g. over seeds).
 
     Returns:
         The matplotlib ``Axes``.
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 3.5))
+    errors = errors or {}
     for label, (s, acc) in curves.items():
-        ax.plot([100 * v for v in s], [100 * a for a in acc], marker="o", ms=4, label=label)
+        xs, ys = [100 * v for v in s], [100 * a for a in acc]
+        if label in errors:
+            err = [100 * e for e in errors[label]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", ms=4, capsize=2, label=label)
+        else:
+            ax.plot(xs, ys, marker="o", ms=4, label=label)
     if baseline is not None:
         ax.axhline(100 * baseline, color="gray", ls="--", lw=1, label="dense")
     ax.set_xlabel("sparsity (% of weights pruned)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(f"{split} accuracy (%)")
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
@@ -184,7 +225,8 @@ def sensitivity_curves(sens, ax=None):
         ax.plot([100 * a for a in sens.amounts], [100 * a for a in acc], marker="o", label=label)
     ax.axhline(100 * sens.baseline, color="gray", ls="--", lw=1, label="unpruned")
     ax.set_xlabel("share of the layer's weights pruned (%)")
-    ax.set_ylabel("accuracy (%)")
+    split = {"train": "training"}.get(sens.split, sens.split)
+    ax.set_ylabel(f"{split} accuracy (%)")
     ax.set_title("sensitivity: each layer pruned alone", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

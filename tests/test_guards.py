@@ -1,5 +1,7 @@
 """kdlib.guards: each guard catches its mistake and lets the correct code through."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -65,3 +67,35 @@ def test_student_must_be_smaller():
     assert guards.assert_smaller(kdlib.model("hinton-student"), teacher) > 1
     with pytest.raises(ValueError, match="compresses nothing"):
         guards.assert_smaller(kdlib.model("hinton-teacher"), teacher)
+
+
+def test_student_that_is_the_teacher_is_refused():
+    teacher = kdlib.model("cnn-teacher", seed=0)
+    teacher_model = teacher  # a "student" under the teacher's name: the same object
+    with pytest.raises(ValueError, match="the student is the teacher object itself"):
+        guards.assert_smaller(teacher_model, teacher)
+    with pytest.raises(ValueError, match="teacher object itself"):
+        guards.assert_distinct(teacher_model, teacher)
+    # a copy is a separate model (and then refused only for its size)
+    with pytest.raises(ValueError, match="compresses nothing"):
+        guards.assert_smaller(copy.deepcopy(teacher), teacher)
+    guards.assert_distinct(copy.deepcopy(teacher), teacher)
+
+
+def test_student_sharing_the_teachers_parameters_is_refused():
+    teacher = kdlib.model("cnn-teacher", seed=0)
+    # a smaller student that reuses the teacher's first stage as a module
+    reuse = torch.nn.Sequential(
+        teacher.stage1, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10)
+    )
+    with pytest.raises(ValueError, match=r"shares \d+ parameter tensor\(s\) with the teacher"):
+        guards.assert_smaller(reuse, teacher)
+    # a view of a teacher tensor shares its memory too
+    tied = kdlib.model("cnn-thin", seed=0)
+    tied.head.fc1.bias = torch.nn.Parameter(teacher.head.fc2.bias.data[:10])
+    with pytest.raises(ValueError, match="head.fc1.bias = teacher's head.fc2.bias"):
+        guards.assert_distinct(tied, teacher)
+    # the same layers deep-copied are the student's own
+    own = copy.deepcopy(reuse)
+    own[0] = copy.deepcopy(teacher.stage1)
+    assert guards.assert_smaller(own, teacher) > 1

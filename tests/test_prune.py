@@ -153,6 +153,16 @@ def test_iterative_prune_reaches_target_and_logs_steps(data):
     assert sparsities == pytest.approx([sched(k) for k in (1, 2, 3)], abs=1e-3)
     assert len(hist["pruned_acc"]) == 3
     assert torch_prune.is_pruned(net)
+    # one copy of every mask per step: the kept sets only shrink, and the last is the model's
+    masks = hist.info["masks"]
+    assert len(masks) == 3 and set(masks[0]) == {"fc1", "fc2"}
+    for before, after in zip(masks, masks[1:], strict=False):
+        for name in before:
+            assert not (after[name] & ~before[name]).any()
+    for name, mask in masks[-1].items():
+        assert torch.equal(mask, net.get_submodule(name).weight_mask.bool())
+    kept = [sum(int(m.sum()) for m in step.values()) for step in masks]
+    assert kept == sorted(kept, reverse=True) and kept[0] > kept[-1]
 
 
 def test_agp_callback_prunes_inside_fit(data):
@@ -295,6 +305,7 @@ def test_sensitivity_scan_matches_pruning_each_layer_by_hand(data):
     assert sens.accuracy["fc2"][1] == kdlib.evaluate(ref, data, split="train")["accuracy"]
     assert sens.baseline == kdlib.evaluate(net, data, split="train")["accuracy"]
     assert sens.sizes == {"fc1": 784 * 32, "fc2": 32 * 10}
+    assert sens.split == "train" and str(sens).startswith("train accuracy when pruned alone")
 
 
 def test_suggest_spares_the_sensitive_layer_and_reaches_target():

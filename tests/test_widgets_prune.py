@@ -67,15 +67,31 @@ def test_schedule_explorer_follows_the_formula():
 
 
 def test_pruning_plots_draw_what_they_are_given(swept):
-    _, net, sweep = swept
+    data, net, sweep = swept
     mask = sweep.masks[0.9]["fc1"]
     fig = viz.pruning_panel(net.fc1.weight, mask, title="fc1")
     ax_hist, ax_mask = fig.axes[:2]
     counts = sum(p.get_height() for p in ax_hist.patches)
     assert counts == mask.numel()  # kept + pruned histograms cover every weight
-    assert ax_mask.images[0].get_array().shape == (32, 784)
+    assert ax_hist.get_yscale() == "log"  # the few kept weights stay visible
+    # fc1 reads 784 = 28 x 28 pixels: the map counts the units still connected to each pixel
+    per_pixel = ax_mask.images[0].get_array()
+    assert per_pixel.shape == (28, 28)
+    assert per_pixel.sum() == mask.sum() and per_pixel[0, 0] == mask[:, 0].sum()
+    # fc2 reads 32 hidden units, not an image: the mask itself, one row per unit
+    fig = viz.pruning_panel(net.fc2.weight, sweep.masks[0.9]["fc2"])
+    assert fig.axes[1].images[0].get_array().shape == (10, 32)
     ax = viz.sparsity_curves({"one shot": (sweep.sparsities, sweep.accuracy)}, baseline=0.9)
     assert list(ax.lines[0].get_ydata()) == [100 * a for a in sweep.accuracy]
+    assert ax.get_ylabel() == "test accuracy (%)"
+    ax = viz.sparsity_curves(
+        {"random": (sweep.sparsities, sweep.accuracy)},
+        split="validation",
+        errors={"random": [0.01] * len(sweep.sparsities)},
+    )
+    assert ax.get_ylabel() == "validation accuracy (%)" and len(ax.containers) == 1
+    sens = prune.sensitivity_scan(net, data, amounts=(0.5, 0.9))
+    assert viz.sensitivity_curves(sens).get_ylabel() == "training accuracy (%)"
     sched = prune.agp_schedule(0.0, 0.9, 0, 5, 2)
     ax = viz.schedule_plot(sched)
     assert list(ax.lines[1].get_xdata()) == sched.times
