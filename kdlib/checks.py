@@ -17,11 +17,12 @@ replays it to the same checker in the grader's own process.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -45,14 +46,21 @@ __all__ = [
     "check_mse_logit_loss",
     "check_soft_target_loss",
     "check_kd_loss",
+    "check_distill_epoch",
+    "check_t2_answer",
     "check_inherit_top_units",
     "check_attention_map",
     "check_hint_regressor",
     "check_hint_loss",
+    "check_hint_stage",
     "check_magnitude_mask",
+    "check_prune_finetune",
+    "check_sparsity_answer",
     "check_shrink_layer",
     "check_cubic_schedule",
     "check_challenge",
+    "challenge_score",
+    "challenge_transfer_set",
 ]
 
 
@@ -77,6 +85,7 @@ class CheckResult:
     hint: str = ""  # what to look at
     score: float | None = None  # share of the points earned; 1 if passed, else 0
     detail: str = ""  # extra facts shown with the result (the challenge's numbers)
+    measures: dict = field(default_factory=dict)  # numbers for a leaderboard (the challenge)
 
     def __post_init__(self):
         if self.score is None:
@@ -121,6 +130,7 @@ class CheckResult:
             **{k: getattr(self, k) for k in keys},
             "score": self.score,
             "message": self.message,
+            "measures": dict(self.measures),
         }
 
 
@@ -370,6 +380,149 @@ def _loss_grad_case(
 
 def _randn(gen: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
     return torch.randn(*shape, generator=gen) * scale
+
+
+# --------------------------------------------------------------------------------------------
+# Training loops: tiny seeded models and data, a reference loop, and what a loop left behind
+def _seeded(module: nn.Module, gen: torch.Generator, scale: float = 0.5) -> nn.Module:
+    """``module`` with every parameter drawn from ``gen`` (the same weights on every run)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return module
+
+
+def _seeded_bn(bn: nn.Module, gen: torch.Generator) -> nn.Module:
+    """Batch norm whose running statistics differ from any batch's, so that train and eval
+    modes give clearly different outputs."""
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=gen) * 0.5)
+        bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=gen) + 0.5)
+    return bn
+
+
+def _flat(module: nn.Module) -> torch.Tensor:
+    """Every parameter of ``module`` (effective weights for pruned layers), as one vector."""
+    tensors = []
+    for m in module.modules():
+        # by name: pruning re-registers `weight` as `weight_orig` after `bias`
+        for name, p in sorted(m._parameters.items(), key=lambda kv: kv[0].removesuffix("_orig")):
+            if p is None:
+                continue
+            if name.endswith("_orig") and hasattr(m, name.removesuffix("_orig") + "_mask"):
+                p = p * getattr(m, name.removesuffix("_orig") + "_mask")
+            tensors.append(p.detach().flatten())
+    return torch.cat(tensors) if tensors else torch.zeros(0)
+
+
+def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers of ``module``, by name, cloned."""
+    out = {f"param {n}": p.detach().clone() for n, p in module.named_parameters()}
+    out.update({f"buffer {n}": b.detach().clone() for n, b in module.named_buffers()})
+    return out
+
+
+def _frozen_teacher(teacher: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    """The teacher must come back exactly as it went in, in eval mode, with no gradients."""
+    after = _snapshot(teacher)
+    for name, value in before.items():
+        if name.startswith("param") and not torch.equal(value, after.get(name, value)):
+            raise _Miss(
+                "the teacher's weights unchanged",
+                f"teacher {name.removeprefix('param ')} changed",
+                "only the student (and a regressor) may be trained: give the optimizer the "
+                "student's parameters, never the teacher's",
+            )
+    for name, value in before.items():
+        if name.startswith("buffer") and not torch.equal(value, after.get(name, value)):
+            raise _Miss(
+                "the teacher's batch-norm statistics unchanged",
+                f"teacher {name.removeprefix('buffer ')} changed",
+                "the teacher ran in train mode, so batch norm used each batch's statistics "
+                "and updated its running ones: call teacher.eval() before the loop",
+            )
+    if any(m.training for m in teacher.modules()):
+        raise _Miss(
+            "the teacher in eval mode (teacher.training == False)",
+            "the teacher in train mode",
+            "call teacher.eval() before the loop: a frozen teacher runs in eval mode "
+            "(batch norm with its running statistics, no dropout)",
+        )
+    with_grad = [n for n, p in teacher.named_parameters() if p.grad is not None]
+    if with_grad:
+        raise _Miss(
+            "no gradients in the teacher",
+            f"a gradient in teacher {with_grad[0]}",
+            "run the teacher under torch.no_grad(): it is not trained, and tracking its "
+            "graph costs memory and time",
+        )
+
+
+def _loss_list(got, n: int, what: str) -> torch.Tensor:
+    """The loop's return value as numbers: one loss per batch, or a :class:`_Miss`."""
+    hint = f"return a list with one number per batch: {what}"
+    if got is None:
+        raise _Miss(f"a list of {n} losses", "None", f"your function returns nothing; {hint}")
+    if isinstance(got, torch.Tensor) and got.ndim == 1:
+        got = list(got)
+    if not isinstance(got, (list, tuple)):
+        raise _Miss(f"a list of {n} losses", f"a {type(got).__name__}: {_show(got)}", hint)
+    if len(got) != n:
+        raise _Miss(f"a list of {n} losses", f"a list of {len(got)}", hint)
+    values = []
+    for v in got:
+        if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_complex():
+            v = v.detach().item()
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _Miss(f"{n} numbers", f"a list holding {_show(v)}", hint)
+        values.append(float(v))
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def _losses(got: torch.Tensor, expected: list[float], what: str) -> None:
+    """The loop's losses (from :func:`_loss_list`) must be the reference loop's."""
+    _compare(
+        got,
+        torch.tensor(expected, dtype=torch.float64),
+        "the weights are right but the losses are not: return a list with one number per "
+        f"batch, {what}",
+        name="list of losses",
+    )
+
+
+# Questions that ask the learner to read a result: (name, the right answer, how close a
+# number must be, [(a wrong answer, its hint)], the hint when nothing matches).
+def _check_answer(
+    exercise: str,
+    answer,
+    expected: float,
+    tol: float,
+    wrong: list[tuple[float, str]],
+    hint: str,
+    quiet: bool,
+) -> CheckResult:
+    """Check a numeric answer to a question about a result the notebook printed."""
+    what = "your answer"
+    if isinstance(answer, torch.Tensor) and answer.numel() == 1:
+        answer = answer.item()
+    if callable(answer) or isinstance(answer, bool) or not isinstance(answer, (int, float)):
+        result = CheckResult(
+            exercise,
+            False,
+            1,
+            1,
+            what,
+            "a number",
+            f"a {type(answer).__name__}: {_show(answer)}",
+            f"set {exercise} to a number (e.g. {exercise} = 0.5). {hint}",
+        )
+        return _report(result, quiet)
+    value = float(answer)
+    if math.isfinite(value) and abs(value - expected) <= tol:
+        return _report(CheckResult(exercise, True, 1, 1), quiet)
+    specific = next((h for w, h in wrong if abs(value - w) <= tol), hint)
+    result = CheckResult(exercise, False, 1, 1, what, "", f"{value:g}", specific)
+    return _report(result, quiet)
 
 
 # ============================================================================================
@@ -739,6 +892,197 @@ def check_kd_loss(fn: Callable, *, quiet: bool = False, seed: int = 0) -> CheckR
         ("the gradient reaches the student's logits", grad_case),
     ]
     return _run("kd_loss", fn, cases, _KD_HINT, quiet)
+
+
+_KD_LOOP_HINT = (
+    "teacher.eval() and student.train() first; then for each (X, y): teacher logits under "
+    "torch.no_grad(), student logits, loss = kd_loss(student_logits, teacher_logits, y, T, "
+    "alpha), optimizer.zero_grad(), loss.backward(), optimizer.step(); return the list of "
+    "loss.item()"
+)
+
+
+def _kd_loop_setup(seed: int, n_batches: int) -> tuple[nn.Module, nn.Module, list]:
+    """A tiny student and teacher (both with batch norm) and seeded batches; the student
+    starts in eval mode and the teacher in train mode, as a learner may find them."""
+    gen = torch.Generator().manual_seed(seed)
+    student = nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(6, 8), bn1=nn.BatchNorm1d(8), act1=nn.ReLU(), fc2=nn.Linear(8, 3)
+        )
+    )
+    teacher = nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(6, 16), bn1=nn.BatchNorm1d(16), act1=nn.ReLU(), fc2=nn.Linear(16, 3)
+        )
+    )
+    _seeded(student, gen)
+    _seeded(teacher, gen, scale=1.0)
+    _seeded_bn(student.bn1, gen)
+    _seeded_bn(teacher.bn1, gen)
+    student.eval()
+    teacher.train()
+    batches = [
+        (_randn(gen, 8, 6), torch.randint(0, 3, (8,), generator=gen)) for _ in range(n_batches)
+    ]
+    return student, teacher, batches
+
+
+def _kd_loop_reference(*args, **kwargs) -> tuple[nn.Module, list[float]]:
+    """One epoch of distillation on copies of the models (``loss`` and the flags make the
+    classic wrong loops, for recognising them); trains even under ``torch.no_grad()``."""
+    with torch.enable_grad():
+        return _kd_loop_reference_impl(*args, **kwargs)
+
+
+def _kd_loop_reference_impl(
+    student: nn.Module,
+    teacher: nn.Module,
+    batches: list,
+    T: float,
+    alpha: float,
+    *,
+    teacher_train: bool = False,
+    student_train: bool = True,
+    zero_grad: bool = True,
+    step: bool = True,
+    loss: str = "kd",
+) -> tuple[nn.Module, list[float]]:
+    """One epoch of distillation on copies of the models (``loss`` and the flags make the
+    classic wrong loops, for recognising them)."""
+    student, teacher = copy.deepcopy(student), copy.deepcopy(teacher)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+    teacher.train(teacher_train)
+    student.train(student_train)
+    losses = []
+    for X, y in batches:
+        with torch.no_grad():
+            teacher_logits = teacher(X)
+        student_logits = student(X)
+        if loss == "kd":
+            value = L.kd_loss(student_logits, teacher_logits, y, T, alpha)
+        elif loss == "ce":
+            value = F.cross_entropy(student_logits, y)
+        else:
+            value = L.soft_target_kl(student_logits, teacher_logits, T)
+        if zero_grad:
+            optimizer.zero_grad()
+        value.backward()
+        if step:
+            optimizer.step()
+        losses.append(value.detach().item())
+    return student, losses
+
+
+def check_distill_epoch(fn: Callable, *, quiet: bool = False, seed: int = 0) -> CheckResult:
+    """Check ``fn(student, teacher, batches, optimizer, T, alpha)``: one epoch of
+    distillation, as :func:`kdlib.distill` runs it.
+
+    ``batches`` is a list of ``(X, y)``; ``optimizer`` is ``torch.optim.SGD`` over the
+    student's parameters (lr 0.1, momentum 0.9). The student must end with the weights the
+    reference loop gives, the teacher exactly as it was (in eval mode, no gradients), and
+    ``fn`` returns the batch losses.
+    """
+
+    def case(case_seed: int, n_batches: int, T: float, alpha: float) -> Callable:
+        def run(f):
+            student, teacher, batches = _kd_loop_setup(seed + case_seed, n_batches)
+            ref, ref_losses = _kd_loop_reference(student, teacher, batches, T, alpha)
+            teacher_before = _snapshot(teacher)
+            optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+            got = _call(f, student, teacher, batches, optimizer, T, alpha)
+            losses = _loss_list(got, len(batches), "loss.item() of each batch, in order")
+            _frozen_teacher(teacher, teacher_before)
+
+            def wrong(**kw):
+                def run_wrong():
+                    fresh = _kd_loop_setup(seed + case_seed, n_batches)
+                    return _flat(_kd_loop_reference(*fresh, T, alpha, **kw)[0])
+
+                return run_wrong
+
+            start = _flat(_kd_loop_setup(seed + case_seed, n_batches)[0])
+            mistakes = [
+                (
+                    lambda g: _close(g, start),
+                    "the student's weights did not change: call loss.backward() and "
+                    "optimizer.step() for every batch",
+                ),
+                (
+                    _equals(wrong(zero_grad=False)),
+                    "the gradients piled up from batch to batch: call optimizer.zero_grad() "
+                    "at every step, before loss.backward()",
+                ),
+                (
+                    _equals(wrong(student_train=False)),
+                    "the student trained in eval mode (its batch norm used its running "
+                    "statistics): call student.train() before the loop",
+                ),
+                (
+                    _equals(wrong(teacher_train=True)),
+                    "the teacher's logits came from train mode: call teacher.eval() first",
+                ),
+                (
+                    _equals(wrong(loss="ce")),
+                    "the student learned from the labels only: the loss is kd_loss(student_"
+                    "logits, teacher_logits, y, T, alpha), with the teacher's logits",
+                ),
+                (
+                    _equals(wrong(loss="soft")),
+                    "the student learned from the teacher only: kd_loss also has the labels' "
+                    "cross-entropy, weighted by 1 − alpha",
+                ),
+            ]
+            _compare(
+                _flat(student),
+                _flat(ref),
+                f"the student's weights after the epoch differ from the reference's. "
+                f"{_KD_LOOP_HINT}",
+                mistakes,
+                name="student's weights",
+            )
+            _losses(losses, ref_losses, "loss.item() of each batch, in order")
+
+        return run
+
+    cases = [
+        (
+            "4 batches of 8, T=4, alpha=0.9 (the teacher starts in train mode)",
+            case(0, 4, 4.0, 0.9),
+        ),
+        ("3 batches of 8, T=2, alpha=0.5", case(1, 3, 2.0, 0.5)),
+    ]
+    return _run(
+        "distill_epoch",
+        fn,
+        cases,
+        _KD_LOOP_HINT,
+        quiet,
+        raised_hint=lambda e: (
+            "define kd_loss above (Exercise 2) and run its cell first"
+            if isinstance(e, NameError)
+            else None
+        ),
+    )
+
+
+def check_t2_answer(answer, *, quiet: bool = False) -> CheckResult:
+    """Check the answer to: at T = 8, how many times larger is the soft loss's gradient with
+    the T² factor than without it? (``T² = 64``: softening scales the gradient by 1/T².)"""
+    return _check_answer(
+        "t2_answer",
+        answer,
+        64.0,
+        0.5,
+        [
+            (8.0, "that is T; the printed norms differ by T² (divide the two norms at T=8)"),
+            (1 / 64, "the other way round: the norm with T² divided by the norm without it"),
+            (1.0, "look again at the norms without T²: they shrink as T grows"),
+            (4096.0, "that is T⁴; divide the two gradient norms at T=8"),
+        ],
+        "divide the gradient norm with T² by the one without it, at T=8, in the output above",
+        quiet,
+    )
 
 
 # ============================================================================================
@@ -1183,6 +1527,160 @@ def check_hint_loss(fn: Callable, *, quiet: bool = False, seed: int = 0) -> Chec
     return _run("hint_loss", fn, cases, _HINT_LOSS_HINT, quiet)
 
 
+_HINT_STAGE_HINT = (
+    "teacher_lower.eval(); optimizer = torch.optim.SGD([*student_lower.parameters(), "
+    "*regressor.parameters()], lr=lr); for each X: f_t under torch.no_grad(), loss = "
+    "hint_loss(student_lower(X), f_t, regressor), optimizer.zero_grad(), loss.backward(), "
+    "optimizer.step(); return the list of loss.item()"
+)
+
+
+def _hint_stage_setup(seed: int, n_batches: int):
+    """Tiny lower layers (student 4 channels, teacher 8 with batch norm, in train mode), a
+    1×1 regressor and seeded batches of 1 × 6 × 6 images."""
+    gen = torch.Generator().manual_seed(seed)
+    student = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 4, 3, padding=1), act=nn.ReLU()))
+    teacher = nn.Sequential(
+        OrderedDict(conv=nn.Conv2d(1, 8, 3, padding=1), bn=nn.BatchNorm2d(8), act=nn.ReLU())
+    )
+    regressor = nn.Conv2d(4, 8, kernel_size=1)
+    for m in (student, teacher, regressor):
+        _seeded(m, gen)
+    _seeded_bn(teacher.bn, gen)
+    teacher.train()
+    batches = [_randn(gen, 4, 1, 6, 6) for _ in range(n_batches)]
+    return student, teacher, regressor, batches
+
+
+def _hint_stage_reference(*args, **kwargs):
+    """The hint stage on copies (the flags make the classic wrong loops); trains even under
+    ``torch.no_grad()``."""
+    with torch.enable_grad():
+        return _hint_stage_reference_impl(*args, **kwargs)
+
+
+def _hint_stage_reference_impl(
+    student,
+    teacher,
+    regressor,
+    batches,
+    lr,
+    *,
+    with_regressor=True,
+    teacher_train=False,
+    zero_grad=True,
+    optimizer="sgd",
+):
+    """The hint stage on copies (the flags make the classic wrong loops)."""
+    student, teacher, regressor = (copy.deepcopy(m) for m in (student, teacher, regressor))
+    params = [*student.parameters(), *(regressor.parameters() if with_regressor else ())]
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr)
+    else:
+        opt = torch.optim.Adam(params, lr=lr)
+    teacher.train(teacher_train)
+    student.train()
+    losses = []
+    for X in batches:
+        with torch.no_grad():
+            f_t = teacher(X)
+        loss = L.hint_loss(student(X), f_t, regressor)
+        if zero_grad:
+            opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach().item())
+    return student, regressor, losses
+
+
+def check_hint_stage(fn: Callable, *, quiet: bool = False, seed: int = 0) -> CheckResult:
+    """Check ``fn(student_lower, teacher_lower, regressor, batches, lr)``: FitNets' hint
+    stage, which trains the student's lower layers and the regressor on the hint loss.
+
+    ``batches`` is a list of input batches ``X`` (no labels: the hint stage uses none). The
+    optimizer is plain ``torch.optim.SGD(..., lr=lr)`` over the student's and the
+    regressor's parameters. Both must end with the reference's weights, the teacher exactly
+    as it was, and ``fn`` returns the batch losses.
+    """
+
+    def case(case_seed: int, n_batches: int, lr: float) -> Callable:
+        def run(f):
+            student, teacher, regressor, batches = _hint_stage_setup(seed + case_seed, n_batches)
+            ref_s, ref_r, ref_losses = _hint_stage_reference(
+                student, teacher, regressor, batches, lr
+            )
+            teacher_before = _snapshot(teacher)
+            regressor_before = _flat(regressor)
+            got = _call(f, student, teacher, regressor, batches, lr)
+            what = "hint_loss(...).item() of each batch, in order"
+            losses = _loss_list(got, len(batches), what)
+            _frozen_teacher(teacher, teacher_before)
+
+            def wrong(**kw):
+                def run_wrong():
+                    fresh = _hint_stage_setup(seed + case_seed, n_batches)
+                    s, r, _ = _hint_stage_reference(*fresh, lr, **kw)
+                    return torch.cat([_flat(s), _flat(r)])
+
+                return run_wrong
+
+            got_weights = torch.cat([_flat(student), _flat(regressor)])
+            if _close(_flat(regressor), regressor_before) and not _close(
+                _flat(ref_r), regressor_before
+            ):
+                raise _Miss(
+                    "the regressor trained with the student",
+                    "the regressor unchanged",
+                    "give the optimizer the regressor's parameters too: "
+                    "torch.optim.SGD([*student_lower.parameters(), *regressor.parameters()], "
+                    "lr=lr); an untrained regressor maps the student's features nowhere useful",
+                )
+            mistakes = [
+                (
+                    _equals(wrong(zero_grad=False)),
+                    "the gradients piled up from batch to batch: call optimizer.zero_grad() "
+                    "at every step, before loss.backward()",
+                ),
+                (
+                    _equals(wrong(teacher_train=True)),
+                    "the teacher's features came from train mode: call teacher_lower.eval()",
+                ),
+                (
+                    _equals(wrong(optimizer="adam")),
+                    "this exercise uses plain torch.optim.SGD(params, lr=lr), not Adam, so "
+                    "that every correct loop gives the same weights",
+                ),
+            ]
+            _compare(
+                got_weights,
+                torch.cat([_flat(ref_s), _flat(ref_r)]),
+                "the weights of the student's lower layers and the regressor differ from the "
+                f"reference's. {_HINT_STAGE_HINT}",
+                mistakes,
+                name="weights",
+            )
+            _losses(losses, ref_losses, what)
+
+        return run
+
+    cases = [
+        ("3 batches of 4 images, lr=0.1 (the teacher starts in train mode)", case(0, 3, 0.1)),
+        ("2 batches of 4 images, lr=0.05", case(1, 2, 0.05)),
+    ]
+    return _run(
+        "hint_stage",
+        fn,
+        cases,
+        _HINT_STAGE_HINT,
+        quiet,
+        raised_hint=lambda e: (
+            "define hint_loss above (Exercise 3) and run its cell first"
+            if isinstance(e, NameError)
+            else None
+        ),
+    )
+
+
 # ============================================================================================
 # 07 magnitude pruning
 # ============================================================================================
@@ -1301,6 +1799,236 @@ def _signed_mask(w: torch.Tensor, k: int) -> torch.Tensor:
 
 def _per_row_mask(w: torch.Tensor, amount: float) -> torch.Tensor:
     return torch.stack([_reference_mask(row, amount) for row in w])
+
+
+_PRUNE_LOOP_HINT = (
+    "optimizer = torch.optim.SGD(model.parameters(), lr=lr); then `rounds` times: "
+    "prune.l1_unstructured(layer, 'weight', amount=amount) on every nn.Linear, and one pass "
+    "over batches (cross-entropy, zero_grad, backward, step) with the masks left on; "
+    "return model"
+)
+
+
+def _prune_loop_setup(seed: int, n_batches: int):
+    """A tiny 10 → 16 → 8 → 3 MLP with seeded weights, and seeded (X, y) batches."""
+    gen = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(10, 16),
+            act1=nn.ReLU(),
+            fc2=nn.Linear(16, 8),
+            act2=nn.ReLU(),
+            fc3=nn.Linear(8, 3),
+        )
+    )
+    _seeded(model, gen)
+    batches = [
+        (_randn(gen, 16, 10), torch.randint(0, 3, (16,), generator=gen)) for _ in range(n_batches)
+    ]
+    return model, batches
+
+
+def _prune_loop_reference(*args, **kwargs) -> nn.Module:
+    """Prune → fine-tune cycles on a copy (the options make the classic wrong loops); trains
+    even under ``torch.no_grad()``."""
+    with torch.enable_grad():
+        return _prune_loop_reference_impl(*args, **kwargs)
+
+
+def _prune_loop_reference_impl(
+    model,
+    batches,
+    amount,
+    rounds,
+    lr,
+    *,
+    scope="layer",
+    keep_masks=True,
+    order="prune-first",
+    zero_grad=True,
+    prune_once=False,
+):
+    """Prune → fine-tune cycles on a copy (the options make the classic wrong loops)."""
+    model = copy.deepcopy(model)
+    from torch.nn.utils import prune as torch_prune
+
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def prune_step():
+        if scope == "global":
+            torch_prune.global_unstructured(
+                [(m, "weight") for m in layers], torch_prune.L1Unstructured, amount=amount
+            )
+        else:
+            for m in layers:
+                torch_prune.l1_unstructured(m, "weight", amount=amount)
+        if not keep_masks:
+            for m in layers:
+                torch_prune.remove(m, "weight")
+
+    def finetune():
+        model.train()
+        for X, y in batches:
+            loss = F.cross_entropy(model(X), y)
+            if zero_grad:
+                optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    for k in range(rounds):
+        if order == "finetune-first":
+            finetune()
+        if not prune_once or k == 0:
+            prune_step()
+        if order == "prune-first":
+            finetune()
+    return model
+
+
+def _zeros_per_layer(model: nn.Module) -> dict[str, int]:
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            w = m.weight_orig * m.weight_mask if hasattr(m, "weight_mask") else m.weight
+            out[name] = int((w.detach() == 0).sum())
+    return out
+
+
+def check_prune_finetune(fn: Callable, *, quiet: bool = False, seed: int = 0) -> CheckResult:
+    """Check ``fn(model, batches, amount, rounds, lr)``: iterative pruning, each round a
+    per-layer magnitude prune of every ``nn.Linear`` (``torch.nn.utils.prune``, the masks
+    held) and then one pass of plain SGD over ``batches``, as Han et al. (2015) describe.
+
+    The model is pruned in place and returned; its effective weights must be the reference
+    loop's. Whether the masks are made permanent at the very end does not matter.
+    """
+
+    def case(case_seed: int, amount: float, rounds: int, lr: float) -> Callable:
+        def run(f):
+            model, batches = _prune_loop_setup(seed + case_seed, 3)
+            ref = _prune_loop_reference(model, batches, amount, rounds, lr)
+            got = _call(f, model, batches, amount, rounds, lr)
+            if got is None:
+                raise _Miss(
+                    "the pruned, fine-tuned model",
+                    "None",
+                    "return the model at the end (return model)",
+                )
+            if not isinstance(got, nn.Module):
+                raise _Miss(
+                    "the pruned, fine-tuned model (an nn.Module)",
+                    f"a {type(got).__name__}: {_show(got)}",
+                    "return the model itself",
+                )
+
+            def wrong(**kw):
+                def run_wrong():
+                    fresh, _ = _prune_loop_setup(seed + case_seed, 3)
+                    return _flat(_prune_loop_reference(fresh, batches, amount, rounds, lr, **kw))
+
+                return run_wrong
+
+            mistakes = [
+                (
+                    _equals(wrong(keep_masks=False)),
+                    "pruned weights came back to life while fine-tuning: leave torch.nn.utils."
+                    "prune's masks on (they zero the pruned weights at every forward), so "
+                    "don't call prune.remove (or zero weights by hand) before fine-tuning",
+                ),
+                (
+                    _equals(wrong(prune_once=True)),
+                    f"you pruned once; prune every round: each round removes amount = {amount} "
+                    "of the weights still there, then fine-tunes",
+                ),
+                (
+                    _equals(wrong(scope="global")),
+                    "you pruned globally (one threshold for all layers); this exercise prunes "
+                    "each layer on its own: prune.l1_unstructured on every nn.Linear",
+                ),
+                (
+                    _equals(wrong(order="finetune-first")),
+                    "fine-tune after pruning, not before: each round prunes, then lets the "
+                    "surviving weights make up for the lost ones",
+                ),
+                (
+                    _equals(wrong(zero_grad=False)),
+                    "the gradients piled up from batch to batch: call optimizer.zero_grad() "
+                    "at every step, before loss.backward()",
+                ),
+            ]
+            generic = (
+                "the weights after pruning and fine-tuning differ from the reference's. "
+                f"{_PRUNE_LOOP_HINT}"
+            )
+            try:
+                _compare(_flat(got), _flat(ref), generic, mistakes, name="weights")
+            except _Miss as miss:
+                if miss.hint != generic:
+                    raise
+                try:
+                    got_zeros = _zeros_per_layer(got)
+                except Exception:  # not the model's layers: the generic miss says so
+                    raise miss from None
+                sparsity = 1 - (1 - amount) ** rounds
+                for name, zeros in _zeros_per_layer(ref).items():
+                    have = got_zeros.get(name, zeros)
+                    if have < zeros:
+                        raise _Miss(
+                            f"{zeros} zero weights in {name} ({sparsity:.1%} after {rounds} "
+                            "rounds)",
+                            f"{have} zero weights",
+                            "pruned weights came back to life while fine-tuning: prune with "
+                            "torch.nn.utils.prune and leave its masks on (they zero the "
+                            "pruned weights at every forward); zeroing weights by hand does "
+                            "not hold them at zero",
+                        ) from None
+                raise
+
+        return run
+
+    cases = [
+        ("3 rounds of amount 0.5, lr 0.1, on a 10 → 16 → 8 → 3 MLP", case(0, 0.5, 3, 0.1)),
+        ("2 rounds of amount 0.3, lr 0.05", case(1, 0.3, 2, 0.05)),
+    ]
+    return _run(
+        "prune_finetune",
+        fn,
+        cases,
+        _PRUNE_LOOP_HINT,
+        quiet,
+        raised_hint=lambda e: (
+            "`prune` is torch.nn.utils.prune: import torch.nn.utils.prune as prune"
+            if isinstance(e, NameError)
+            else None
+        ),
+    )
+
+
+def check_sparsity_answer(answer, *, quiet: bool = False) -> CheckResult:
+    """Check the answer to: after 3 rounds of ``amount=0.5`` with the masks held, what
+    fraction of a layer's weights is zero? (``1 − 0.5³ = 0.875``; torch counts ``amount``
+    among the weights still unmasked.)"""
+    return _check_answer(
+        "sparsity_answer",
+        answer,
+        0.875,
+        0.005,
+        [
+            (
+                1.5,
+                "a fraction cannot exceed 1: each round prunes half of the weights that are "
+                "still there, not half of all of them",
+            ),
+            (0.5, "each round prunes again: half of what is left after the round before"),
+            (0.125, "that is the fraction that survives; the question asks for the zeros"),
+            (0.75, "three rounds, not two: look at the sparsity printed after round 3"),
+            (87.5, "give a fraction between 0 and 1, not a percentage"),
+        ],
+        "read fc1's sparsity after round 3 in the output above: each round prunes amount of "
+        "the weights still unmasked, so the surviving fraction is multiplied by 1 − amount",
+        quiet,
+    )
 
 
 # ============================================================================================
@@ -1539,14 +2267,27 @@ def check_cubic_schedule(fn: Callable, *, quiet: bool = False) -> CheckResult:
 # ============================================================================================
 # 09 the compression challenge
 # ============================================================================================
-# The open-ended exercise: any route (a smaller architecture, distillation, pruning,
-# shrinking) to a model this small that is still this accurate.
+# The open-ended exercise: compress the course's CNN teacher (kdlib.trained_teacher, trained
+# on all 4,000 training digits) into a model this small that is still this accurate, training
+# on a transfer set of the first 300 training digits only. The budget is set so that the
+# best small models trained from scratch on the transfer set fall short of the bar (measured
+# in the instructor guide): reaching it takes compression (pruning, distillation, or both).
 CHALLENGE: dict = {
     "data": "mnist-5k",  # scored on this set's 1,000 test digits
-    "max_params": 15_000,  # nonzero parameters (kdlib.count_params(model, nonzero=True))
-    "min_accuracy": 0.90,  # test accuracy
-    "partial_accuracy": 0.85,  # within the size budget and this accurate: a third of the points
+    "teacher": "cnn-teacher",  # the starting point: kdlib.trained_teacher(data)
+    "transfer": 300,  # the student trains on the first this many training digits only
+    "max_params": 5_000,  # nonzero parameters (kdlib.count_params(model, nonzero=True))
+    "min_accuracy": 0.95,  # test accuracy: the bar
+    "partial_accuracy": 0.93,  # within the budget and this accurate: a third of the points
 }
+
+
+def challenge_transfer_set(data):
+    """The challenge's transfer set: ``data`` with only its first ``CHALLENGE["transfer"]``
+    training examples (the test split unchanged). The teacher saw all of them; a compressed
+    model may learn from these only."""
+    n = CHALLENGE["transfer"]
+    return dataclasses.replace(data, X_train=data.X_train[:n], y_train=data.y_train[:n])
 
 
 @functools.lru_cache(maxsize=2)
@@ -1554,16 +2295,37 @@ def _challenge_data(name: str):
     return load(name)
 
 
-def check_challenge(model, *, quiet: bool = False) -> CheckResult:
-    """Score the compression challenge: ``model`` must have at most ``CHALLENGE["max_params"]``
-    nonzero parameters and reach ``CHALLENGE["min_accuracy"]`` on the mnist-5k test split.
+def challenge_score(nonzero_params: int, accuracy: float) -> float:
+    """The challenge's share of its points, from a model's size and accuracy.
 
-    Full points need both; a model within the size budget that reaches
-    ``CHALLENGE["partial_accuracy"]`` earns a third. The model is evaluated, never changed.
+    - at the bar and within the budget: 1;
+    - at the bar but over the budget: ``2/3 · budget / nonzero_params`` (twice the budget
+      earns a third), so a smaller model always scores more;
+    - within the budget, below the bar but at ``partial_accuracy``: 1/3;
+    - otherwise 0.
+
+    Among models that reach the bar, the leaderboard ranks by nonzero parameters.
+    """
+    c = CHALLENGE
+    if accuracy >= c["min_accuracy"]:
+        if nonzero_params <= c["max_params"]:
+            return 1.0
+        return 2 / 3 * c["max_params"] / nonzero_params
+    if nonzero_params <= c["max_params"] and accuracy >= c["partial_accuracy"]:
+        return 1 / 3
+    return 0.0
+
+
+def check_challenge(model, *, quiet: bool = False) -> CheckResult:
+    """Score the compression challenge: ``model`` should have at most
+    ``CHALLENGE["max_params"]`` nonzero parameters and reach ``CHALLENGE["min_accuracy"]``
+    on the mnist-5k test split; :func:`challenge_score` gives the share of the points, and
+    ``measures`` the numbers the grader's leaderboard ranks. The model is evaluated, never
+    changed.
     """
     name = "challenge"
     c = CHALLENGE
-    goal = f"≤ {c['max_params']:,} nonzero parameters and ≥ {c['min_accuracy']:.0%} test accuracy"
+    goal = f"≤ {c['max_params']:,} nonzero parameters and ≥ {c['min_accuracy']:.1%} test accuracy"
     if not isinstance(model, nn.Module):
         return _report(
             CheckResult(
@@ -1613,22 +2375,36 @@ def check_challenge(model, *, quiet: bool = False) -> CheckResult:
         )
     acc = float((logits.argmax(1).cpu() == data.y_test).float().mean())
     small, accurate = n <= c["max_params"], acc >= c["min_accuracy"]
+    score = challenge_score(n, acc)
+    measures = {
+        "nonzero_params": n,
+        "accuracy": round(acc, 4),
+        "reached_bar": accurate,
+        "within_budget": small,
+    }
     detail = (
         f"nonzero parameters: {n:,} (budget {c['max_params']:,}) {'✓' if small else '✗'}; "
-        f"test accuracy: {acc:.1%} (goal {c['min_accuracy']:.0%}) {'✓' if accurate else '✗'}"
+        f"test accuracy: {acc:.1%} (bar {c['min_accuracy']:.1%}) {'✓' if accurate else '✗'}; "
+        f"score {score:.2f}"
     )
     if small and accurate:
-        return _report(CheckResult(name, True, 2, 2, detail=detail), quiet)
-    partial = small and acc >= c["partial_accuracy"]
-    if not small:
+        return _report(CheckResult(name, True, 2, 2, detail=detail, measures=measures), quiet)
+    if not small and accurate:
         hint = (
-            "too many parameters: try a narrower model, kdlib.prune's structured_prune + "
-            "shrink, or magnitude pruning (only nonzero weights count)"
+            "accurate enough but too big (a smaller model scores more): prune further "
+            "(prune → fine-tune, with distillation from the teacher to recover), or shrink "
+            "layers; only nonzero parameters count"
+        )
+    elif not small:
+        hint = (
+            "too many parameters and not accurate enough: start from the teacher, prune it "
+            "gradually and fine-tune (or distill) after each step"
         )
     else:
         hint = (
-            "small enough but not accurate enough: train longer or with a schedule, or "
-            "distill from a bigger model trained first (kdlib.distill)"
+            "small enough but not accurate enough: a small model trained from scratch on "
+            "the transfer set does not reach the bar; compress the teacher instead (prune it "
+            "gradually, distilling from the unpruned teacher after each step)"
         )
     result = CheckResult(
         name,
@@ -1639,8 +2415,9 @@ def check_challenge(model, *, quiet: bool = False) -> CheckResult:
         goal,
         f"{n:,} parameters, {acc:.1%}",
         hint,
-        score=1 / 3 if partial else 0.0,
+        score=score,
         detail=detail,
+        measures=measures,
     )
     return _report(result, quiet)
 
@@ -1657,6 +2434,7 @@ class Exercise:
     check: Callable[..., CheckResult]  # the checker, called with that object
     points: int  # points when every check passes
     title: str  # one line for reports
+    kind: str = "function"  # "function"; "answer": a value read off a result; "model"
 
 
 EXERCISES: dict[str, Exercise] = {
@@ -1668,6 +2446,21 @@ EXERCISES: dict[str, Exercise] = {
         "04_soft_target_kd", "soft_target_loss", check_soft_target_loss, 2, "soft-target loss"
     ),
     "kd_loss": Exercise("04_soft_target_kd", "kd_loss", check_kd_loss, 2, "combined loss"),
+    "t2_answer": Exercise(
+        "04_soft_target_kd",
+        "t2_answer",
+        check_t2_answer,
+        1,
+        "question: the T² experiment",
+        "answer",
+    ),
+    "distill_epoch": Exercise(
+        "04_soft_target_kd",
+        "distill_epoch",
+        check_distill_epoch,
+        3,
+        "distillation training loop",
+    ),
     "inherit_top_units": Exercise(
         "05_parameter_distillation",
         "inherit_top_units",
@@ -1684,8 +2477,30 @@ EXERCISES: dict[str, Exercise] = {
     "hint_loss": Exercise(
         "06_feature_distillation", "hint_loss", check_hint_loss, 1, "FitNets hint loss"
     ),
+    "hint_stage": Exercise(
+        "06_feature_distillation",
+        "hint_stage",
+        check_hint_stage,
+        3,
+        "FitNets hint stage (training loop)",
+    ),
     "magnitude_mask": Exercise(
         "07_magnitude_pruning", "magnitude_mask", check_magnitude_mask, 2, "magnitude mask"
+    ),
+    "prune_finetune": Exercise(
+        "07_magnitude_pruning",
+        "prune_finetune",
+        check_prune_finetune,
+        3,
+        "prune → fine-tune cycles (training loop)",
+    ),
+    "sparsity_answer": Exercise(
+        "07_magnitude_pruning",
+        "sparsity_answer",
+        check_sparsity_answer,
+        1,
+        "question: sparsity after rounds",
+        "answer",
     ),
     "shrink_layer": Exercise(
         "08_structured_pruning", "shrink_layer", check_shrink_layer, 2, "structured shrink"
@@ -1694,7 +2509,12 @@ EXERCISES: dict[str, Exercise] = {
         "08_structured_pruning", "cubic_schedule", check_cubic_schedule, 1, "cubic schedule"
     ),
     "challenge": Exercise(
-        "09_compression_challenge", "compressed", check_challenge, 3, "compression challenge"
+        "09_compression_challenge",
+        "compressed",
+        check_challenge,
+        3,
+        "compression challenge",
+        "model",
     ),
 }
 

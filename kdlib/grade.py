@@ -27,7 +27,9 @@ Grading is built so that a submission can neither forge its marks nor harm the b
    atomically; the temporary folder is removed whatever happened.
 
 Each row has points per exercise, the total and the reasons for lost points; then come
-totals per student and the wall time of the whole run. ``--report`` writes JSON or CSV.
+totals per student, the compression challenge's leaderboard (models at its accuracy bar,
+ranked by nonzero parameters) and the wall time of the whole run. ``--report`` writes JSON
+or CSV.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ __all__ = [
     "write_report",
     "summary",
     "students",
+    "leaderboard",
 ]
 
 NOTEBOOKS: list[str] = sorted({ex.notebook for ex in EXERCISES.values()})
@@ -80,6 +83,7 @@ class ExerciseScore:
     points: float  # points earned
     max_points: int  # points available
     message: str  # what the checker said (or why it could not run)
+    measures: dict = field(default_factory=dict)  # the challenge's size and accuracy
 
 
 @dataclass
@@ -165,9 +169,12 @@ def _answer_keys(key_dir: Path | None) -> tuple[dict, dict[str, str]]:
 # --------------------------------------------------------------------------------------------
 # Which notebook, which student, which cells
 def _defines(nb, notebook: str) -> bool:
-    """Does the notebook's code define every exercise name of exercise notebook ``notebook``?"""
+    """Does the notebook's code define every exercise name of exercise notebook ``notebook``?
+    (Answers to questions are left out: a student version leaves them undefined.)"""
     code = "\n".join(c.source for c in nb.cells if c.get("cell_type") == "code")
-    names = [ex.name for ex in EXERCISES.values() if ex.notebook == notebook]
+    names = [
+        ex.name for ex in EXERCISES.values() if ex.notebook == notebook and ex.kind != "answer"
+    ]
     return all(
         re.search(rf"^\s*(def\s+{re.escape(n)}\s*\(|{re.escape(n)}\s*=)", code, re.M)
         for n in names
@@ -579,7 +586,12 @@ def _grade_snapshot(snap: _Snapshot, options: _Options, work_root: Path, slot: i
             points = round(ex.points * min(1.0, max(0.0, float(r.get("score") or 0.0))), 2)
             row.exercises.append(
                 ExerciseScore(
-                    exercise_id, bool(r.get("passed")), points, ex.points, str(r["message"])
+                    exercise_id,
+                    bool(r.get("passed")),
+                    points,
+                    ex.points,
+                    str(r["message"]),
+                    _measures(r.get("measures")),
                 )
             )
         row.score = round(sum(e.points for e in row.exercises), 2)
@@ -590,6 +602,17 @@ def _grade_snapshot(snap: _Snapshot, options: _Options, work_root: Path, slot: i
             e_.points, e_.passed = 0.0, False
     row.seconds = time.perf_counter() - t0
     return row
+
+
+def _measures(value) -> dict:
+    """The numbers a verdict reports for the leaderboard (computed in this process)."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        str(k): v
+        for k, v in value.items()
+        if isinstance(v, (bool, int, float)) and (not isinstance(v, float) or v == v)
+    }
 
 
 def _duplicates(rows: Sequence[Submission]) -> None:
@@ -728,6 +751,72 @@ def students(rows: Sequence[Submission]) -> dict[str, dict[str, float]]:
     return dict(sorted(totals.items()))
 
 
+def leaderboard(rows: Sequence[Submission]) -> list[dict]:
+    """The compression challenge's ranking: one entry per student (their best submission).
+
+    Models that reach the accuracy bar come first, ranked by nonzero parameters (fewest
+    first; equal counts by accuracy, and still equal ones share a rank); then the others,
+    unranked (``rank`` None), by accuracy. Each entry: ``rank``, ``student``, ``path``,
+    ``nonzero_params``, ``accuracy``, ``reached_bar``, ``within_budget``, ``points``.
+    """
+    best: dict[str, dict] = {}
+    for r in rows:
+        for e in r.exercises:
+            m = e.measures
+            if e.exercise != "challenge" or "nonzero_params" not in m or "accuracy" not in m:
+                continue
+            entry = {
+                "rank": None,
+                "student": r.student,
+                "path": r.path,
+                "nonzero_params": int(m["nonzero_params"]),
+                "accuracy": float(m["accuracy"]),
+                "reached_bar": bool(m.get("reached_bar")),
+                "within_budget": bool(m.get("within_budget")),
+                "points": e.points,
+            }
+            old = best.get(r.student)
+            if old is None or _board_key(entry) < _board_key(old):
+                best[r.student] = entry
+    board = sorted(best.values(), key=_board_key)
+    previous, rank = None, 0
+    for i, entry in enumerate(board, start=1):
+        if not entry["reached_bar"]:
+            break
+        key = (entry["nonzero_params"], entry["accuracy"])
+        if key != previous:
+            rank, previous = i, key
+        entry["rank"] = rank
+    return board
+
+
+def _board_key(entry: dict) -> tuple:
+    if entry["reached_bar"]:
+        return (0, entry["nonzero_params"], -entry["accuracy"], entry["student"])
+    return (1, -entry["accuracy"], entry["nonzero_params"], entry["student"])
+
+
+def _board_lines(board: list[dict]) -> list[str]:
+    if not board:
+        return []
+    from .checks import CHALLENGE
+
+    lines = [
+        "",
+        f"challenge leaderboard (bar: {CHALLENGE['min_accuracy']:.1%} test accuracy; "
+        f"ranked by nonzero parameters, budget {CHALLENGE['max_params']:,})",
+        f"  {'rank':>4}  {'student':<16} {'nonzero params':>14} {'accuracy':>9}  points",
+    ]
+    for e in board:
+        rank = str(e["rank"]) if e["rank"] is not None else "—"
+        note = "" if e["reached_bar"] else "  (below the bar)"
+        lines.append(
+            f"  {rank:>4}  {e['student']:<16} {e['nonzero_params']:>14,} "
+            f"{e['accuracy']:>9.1%}  {e['points']:g}{note}"
+        )
+    return lines
+
+
 def _clip(text: str, width: int = 110) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -784,6 +873,7 @@ def summary(
             f"  {name:<16} {t['score']:>6g} / {int(t['maximum']):<4} ({n} notebook"
             f"{'s' if n != 1 else ''})"
         )
+    lines += _board_lines(leaderboard(rows))
     per = wall_seconds / len(rows) if rows else 0.0
     lines.append("")
     lines.append(
@@ -796,12 +886,28 @@ def summary(
     return "\n".join(lines)
 
 
+_BOARD_COLUMNS = ("challenge_rank", "challenge_nonzero_params", "challenge_accuracy")
+
+
+def _board_cells(board: list[dict], row: Submission) -> list:
+    """The leaderboard's columns for one CSV line: its own numbers, and the student's rank
+    when this line is the submission the leaderboard counts."""
+    measures = next((e.measures for e in row.exercises if e.exercise == "challenge"), {})
+    if "nonzero_params" not in measures:
+        return ["", "", ""]
+    entry = next((e for e in board if e["path"] == row.path), None)
+    rank = entry["rank"] if entry is not None and entry["rank"] is not None else ""
+    return [rank, measures["nonzero_params"], measures.get("accuracy", "")]
+
+
 def write_report(rows: Sequence[Submission], path: str | os.PathLike, wall_seconds: float = 0.0):
     """Write the rows as JSON (``.json``) or CSV (``.csv``), atomically.
 
     JSON: ``{"submissions": [{path, student, notebook, score, maximum, exercises: [...],
-    problems, seconds, sha256}, ...], "students": {...}, "wall_seconds": ...}``.
-    CSV: one line per submission with a points column per exercise.
+    problems, seconds, sha256}, ...], "students": {...}, "leaderboard": [...],
+    "wall_seconds": ...}``.
+    CSV: one line per submission with a points column per exercise and, when challenge
+    submissions were graded, its rank, nonzero parameters and accuracy.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -815,6 +921,7 @@ def write_report(rows: Sequence[Submission], path: str | os.PathLike, wall_secon
                 report = {
                     "submissions": [asdict(r) for r in rows],
                     "students": students(rows),
+                    "leaderboard": leaderboard(rows),
                     "wall_seconds": round(wall_seconds, 2),
                     "sandbox": sandbox.isolation()[1],
                 }
@@ -824,6 +931,7 @@ def write_report(rows: Sequence[Submission], path: str | os.PathLike, wall_secon
                 ids = [
                     i for i in EXERCISES if any(e.exercise == i for r in rows for e in r.exercises)
                 ]
+                board = leaderboard(rows)
                 writer = csv.writer(f)
                 writer.writerow(
                     [
@@ -833,6 +941,7 @@ def write_report(rows: Sequence[Submission], path: str | os.PathLike, wall_secon
                         "score",
                         "maximum",
                         *ids,
+                        *(_BOARD_COLUMNS if board else ()),
                         "problems",
                         "seconds",
                     ]
@@ -842,6 +951,7 @@ def write_report(rows: Sequence[Submission], path: str | os.PathLike, wall_secon
                     writer.writerow(
                         [r.path, r.student, r.notebook or "", r.score, r.maximum]
                         + [points.get(i, "") for i in ids]
+                        + (_board_cells(board, r) if board else [])
                         + [" | ".join(r.problems), round(r.seconds, 2)]
                     )
         os.replace(tmp_name, path)

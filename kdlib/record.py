@@ -189,7 +189,9 @@ def _leaves(args: tuple, kwargs: dict) -> dict[str, object]:
 
 
 def _state(enc: _Encoder, leaves: dict[str, object], before_ptrs: dict[int, str]) -> dict:
-    """What a call left in its arguments: tensor values and module parameters (with sharing)."""
+    """What a call left in its arguments: tensor values; for modules their parameters (with
+    sharing and gradients), buffers (batch-norm statistics, pruning masks) and train/eval
+    modes. Training loops are checked on all of these."""
     state = {}
     for path, x in leaves.items():
         if isinstance(x, nn.Module):
@@ -197,10 +199,16 @@ def _state(enc: _Encoder, leaves: dict[str, object], before_ptrs: dict[int, str]
             for name, p in x.named_parameters():
                 item = enc.tensor(p)
                 other = before_ptrs.get(p.data_ptr())
-                if other is not None and other != f"{path}.{name}" and p.numel():
+                # torch.nn.utils.prune renames `weight` to `weight_orig`: the same tensor
+                renamed = f"{path}.{name.removesuffix('_orig')}"
+                if other is not None and other not in (f"{path}.{name}", renamed) and p.numel():
                     item["alias"] = other
+                if p.grad is not None and not p.grad.is_sparse:
+                    item["grad"] = enc.tensor(p.grad)
                 params[name] = item
-            state[path] = {"params": params}
+            buffers = {n: enc.tensor(b) for n, b in x.named_buffers() if b is not None}
+            modes = {n: bool(m.training) for n, m in x.named_modules()}
+            state[path] = {"params": params, "buffers": buffers, "training": modes}
         elif isinstance(x, torch.Tensor) and "." not in path:
             state[path] = {"tensor": enc.tensor(x)}
     return state
@@ -265,7 +273,7 @@ def record_exercise(exercise_id: str, namespace: Mapping[str, object], out_dir) 
         record["missing"] = True
     else:
         obj = namespace[ex.name]
-        if exercise_id == "challenge" or not callable(obj):
+        if ex.kind != "function" or not callable(obj):
             record["object"] = enc.value(obj, {})
         else:
             recorder = _Recorder(obj, enc)
@@ -411,13 +419,10 @@ def _apply_state(dec: _Decoder, state: Mapping, leaves: Mapping[str, object]) ->
                 if value.shape == x.shape and not torch.equal(value.to(x.dtype), x):
                     x.copy_(value)
             elif isinstance(x, nn.Module) and "params" in s:
+                _apply_masks(dec, x, s.get("buffers") or {}, s["params"])
                 for name, item in s["params"].items():
-                    owner_name, _, leaf = str(name).rpartition(".")
-                    try:
-                        owner = x.get_submodule(owner_name)
-                    except AttributeError:
-                        continue
-                    if leaf not in owner._parameters:
+                    owner, leaf = _owner(x, name)
+                    if owner is None or leaf not in owner._parameters:
                         continue
                     alias = leaves.get(item.get("alias", ""))
                     if isinstance(alias, torch.Tensor):  # shares memory with another argument
@@ -432,6 +437,52 @@ def _apply_state(dec: _Decoder, state: Mapping, leaves: Mapping[str, object]) ->
                         old.requires_grad_(value.requires_grad)
                     else:
                         owner._parameters[leaf] = nn.Parameter(value.detach(), value.requires_grad)
+                    p = owner._parameters[leaf]
+                    grad = item.get("grad")
+                    p.grad = None
+                    if isinstance(grad, dict):
+                        g = dec.tensor(grad).detach()
+                        if g.shape == p.shape and g.dtype == p.dtype:
+                            p.grad = g
+                for name, item in (s.get("buffers") or {}).items():
+                    owner, leaf = _owner(x, name)
+                    if owner is None or owner._buffers.get(leaf) is None:
+                        continue
+                    value, old = dec.tensor(item).detach(), owner._buffers[leaf]
+                    if value.shape == old.shape:
+                        owner._buffers[leaf] = value.to(old.dtype)
+                for name, mode in (s.get("training") or {}).items():
+                    owner, _ = _owner(x, f"{name}.x" if name else "x")
+                    if owner is not None and isinstance(mode, bool):
+                        owner.training = mode
+
+
+def _owner(root: nn.Module, dotted: str) -> tuple[nn.Module | None, str]:
+    """The submodule of ``root`` holding ``a.b.leaf``, and ``leaf`` (None: no such module)."""
+    owner_name, _, leaf = str(dotted).rpartition(".")
+    try:
+        return root.get_submodule(owner_name), leaf
+    except AttributeError:
+        return None, leaf
+
+
+def _apply_masks(dec: _Decoder, root: nn.Module, buffers: Mapping, params: Mapping) -> None:
+    """Pruning the learner's call left (``torch.nn.utils.prune``: ``weight_orig`` and
+    ``weight_mask``): put the same masks on the grader's module, with torch's own pruning."""
+    from torch.nn.utils import prune
+
+    for name, item in buffers.items():
+        if not str(name).endswith("_mask"):
+            continue
+        owner, leaf = _owner(root, name)
+        target = leaf.removesuffix("_mask")
+        if owner is None or f"{str(name).removesuffix('_mask')}_orig" not in params:
+            continue
+        if target not in owner._parameters or f"{target}_mask" in owner._buffers:
+            continue  # already pruned here, or nothing to prune
+        mask = dec.tensor(item).detach()
+        if mask.shape == owner._parameters[target].shape:
+            prune.custom_from_mask(owner, target, mask)
 
 
 def _with_grads(value: torch.Tensor, grads: Mapping, leaves: Mapping[str, object]):

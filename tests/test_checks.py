@@ -1,6 +1,7 @@
 """kdlib.checks: each checker passes the solution source, fails the student stub with its hint,
 recognises the classic wrong answers, and never crashes on what a learner's code does."""
 
+import contextlib
 import copy
 
 import nbformat
@@ -10,13 +11,16 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 import kdlib
 from kdlib import checks
 from kdlib.checks import CHALLENGE, EXERCISES, CheckResult
 from kdlib.exercises import EXERCISES_DIR
 
-FUNCTION_EXERCISES = [i for i in EXERCISES if i != "challenge"]
+FUNCTION_EXERCISES = [i for i, ex in EXERCISES.items() if ex.kind == "function"]
+ANSWER_EXERCISES = [i for i, ex in EXERCISES.items() if ex.kind == "answer"]
+LOOP_EXERCISES = ["distill_epoch", "hint_stage", "prune_finetune"]
 
 
 def _namespace(path):
@@ -25,7 +29,10 @@ def _namespace(path):
     code = [c for c in nb.cells if c.cell_type == "code"]
     ns = {}
     for cell in [code[0], *(c for c in code if "exercise" in c.metadata.get("kdlib", {}))]:
-        exec(compile(cell.source, path.name, "exec"), ns)
+        try:
+            exec(compile(cell.source, path.name, "exec"), ns)
+        except NotImplementedError:  # a student's unanswered question: left undefined
+            assert EXERCISES[cell.metadata["kdlib"]["exercise"]].kind == "answer"
     return ns
 
 
@@ -60,6 +67,25 @@ def test_checker_fails_on_the_student_stub_with_its_hint(exercise_id):
     assert str(info.value) in result.message  # the stub's own one-line hint
     assert "replace the `raise NotImplementedError(...)` line" in result.hint
     assert result.cases_run == 1
+
+
+@pytest.mark.parametrize("exercise_id", ANSWER_EXERCISES)
+def test_an_answer_passes_in_the_key_and_is_undefined_in_the_student_version(exercise_id):
+    ex = EXERCISES[exercise_id]
+    assert ex.check(_solution(exercise_id), quiet=True).passed
+    student = nbformat.read(EXERCISES_DIR / f"{ex.notebook}.ipynb", as_version=4)
+    cell = next(c for c in student.cells if c.metadata.get("kdlib", {}).get("exercise") == ex.name)
+    with pytest.raises(NotImplementedError, match="^Hint: "):
+        exec(compile(cell.source, "answer", "exec"), {})
+    result = checks.check_exercise(exercise_id, {})
+    assert not result.passed and f"`{ex.name}` is not defined" in result.case
+
+
+@pytest.mark.parametrize("exercise_id", ANSWER_EXERCISES)
+@pytest.mark.parametrize("odd", ["64", None, [0.875], float("nan"), lambda: 64])
+def test_an_answer_that_is_not_a_number_is_reported(exercise_id, odd):
+    result = EXERCISES[exercise_id].check(odd, quiet=True)
+    assert not result.passed and result.hint and result.got
 
 
 def test_every_exercise_has_its_checker_named_after_it():
@@ -145,6 +171,109 @@ def _teacher_editing_inherit(student, teacher):
         teacher.fc1.weight.mul_(1.0)  # harmless, but then:
         teacher.fc2.bias.zero_()
     return _inherit(lambda w1, w2: w1.norm(dim=1) * w2.norm(dim=0))(student, teacher)
+
+
+# Training loops: the right one, and the classic wrong ones
+def _kd_epoch(teacher_eval=True, no_grad=True, zero_grad=True, student_train=True, loss=None):
+    def fn(student, teacher, batches, optimizer, T, alpha):
+        if teacher_eval:
+            teacher.eval()
+        if student_train:
+            student.train()
+        losses = []
+        for X, y in batches:
+            with torch.no_grad() if no_grad else contextlib.nullcontext():
+                z_t = teacher(X)
+            z_s = student(X)
+            value = (loss or kdlib.kd_loss)(z_s, z_t, y, T, alpha)
+            if zero_grad:
+                optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+            losses.append(value.item())
+        return losses
+
+    return fn
+
+
+def _hint_stage(with_regressor=True, adam=False, teacher_eval=True):
+    def fn(student, teacher, regressor, batches, lr):
+        if teacher_eval:
+            teacher.eval()
+        params = [*student.parameters(), *(regressor.parameters() if with_regressor else ())]
+        opt = (torch.optim.Adam if adam else torch.optim.SGD)(params, lr=lr)
+        losses = []
+        for X in batches:
+            with torch.no_grad():
+                f_t = teacher(X)
+            value = F.mse_loss(regressor(student(X)), f_t)
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+            losses.append(value.item())
+        return losses
+
+    return fn
+
+
+def _prune_loop(remove=False, once=False, scope="layer", finetune_first=False, permanent=False):
+    def fn(model, batches, amount, rounds, lr):
+        layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+
+        def finetune():
+            for X, y in batches:
+                value = F.cross_entropy(model(X), y)
+                opt.zero_grad()
+                value.backward()
+                opt.step()
+
+        for k in range(rounds):
+            if finetune_first:
+                finetune()
+            if not once or k == 0:
+                if scope == "global":
+                    pairs = [(m, "weight") for m in layers]
+                    torch_prune.global_unstructured(
+                        pairs, torch_prune.L1Unstructured, amount=amount
+                    )
+                else:
+                    for m in layers:
+                        torch_prune.l1_unstructured(m, "weight", amount=amount)
+                if remove:
+                    for m in layers:
+                        torch_prune.remove(m, "weight")
+            if not finetune_first:
+                finetune()
+        if permanent:
+            for m in layers:
+                torch_prune.remove(m, "weight")
+        return model
+
+    return fn
+
+
+def _prune_by_hand(model, batches, amount, rounds, lr):
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(rounds):
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                with torch.no_grad():
+                    w = m.weight
+                    k = round(amount * int((w != 0).sum()))
+                    if k:
+                        threshold = w.abs()[w != 0].kthvalue(k).values
+                        w.mul_((w.abs() > threshold).float())
+        for X, y in batches:
+            value = F.cross_entropy(model(X), y)
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+    return model
+
+
+def _kd_teacher_only(s, t, y, T, a):
+    return kdlib.soft_target_kl(s, t, T)
 
 
 L1 = lambda w: w.abs().sum(1)  # noqa: E731
@@ -260,6 +389,38 @@ CLASSIC_MISTAKES = [
     ("cubic_schedule", _cubic(clamp=False), "clamp the progress"),
     ("cubic_schedule", _cubic(swap=True), "swapped"),
     ("cubic_schedule", _cubic(per_n=True), "n·dt"),
+    # the distillation loop
+    ("distill_epoch", _kd_epoch(teacher_eval=False), "call teacher.eval()"),
+    ("distill_epoch", _kd_epoch(no_grad=False), "torch.no_grad()"),
+    ("distill_epoch", _kd_epoch(zero_grad=False), "optimizer.zero_grad()"),
+    ("distill_epoch", _kd_epoch(student_train=False), "call student.train()"),
+    ("distill_epoch", _kd_epoch(loss=lambda s, t, y, T, a: F.cross_entropy(s, y)), "labels only"),
+    ("distill_epoch", _kd_epoch(loss=_kd_teacher_only), "teacher only"),
+    ("distill_epoch", lambda s, t, b, o, T, a: [0.0] * len(b), "eval mode"),
+    (
+        "distill_epoch",
+        lambda *args: [v * 2 for v in _kd_epoch()(*args)],
+        "the weights are right but the losses are not",
+    ),
+    # the hint stage
+    ("hint_stage", _hint_stage(with_regressor=False), "the regressor's parameters too"),
+    ("hint_stage", _hint_stage(adam=True), "not Adam"),
+    ("hint_stage", _hint_stage(teacher_eval=False), "each batch's statistics"),
+    # prune → fine-tune
+    ("prune_finetune", _prune_loop(remove=True), "came back to life"),
+    ("prune_finetune", _prune_by_hand, "came back to life"),
+    ("prune_finetune", _prune_loop(once=True), "pruned once"),
+    ("prune_finetune", _prune_loop(scope="global"), "globally"),
+    ("prune_finetune", _prune_loop(finetune_first=True), "fine-tune after pruning"),
+    ("prune_finetune", lambda m, b, a, r, lr: None, "return the model"),
+    # questions about a result
+    ("t2_answer", 8, "that is T"),
+    ("t2_answer", 1 / 64, "the other way round"),
+    ("t2_answer", 10.0, "divide the gradient norm"),
+    ("sparsity_answer", 1.5, "cannot exceed 1"),
+    ("sparsity_answer", 0.125, "the fraction that survives"),
+    ("sparsity_answer", 87.5, "not a percentage"),
+    ("sparsity_answer", 0.6, "read fc1's sparsity"),
 ]
 
 
@@ -274,6 +435,37 @@ def test_a_classic_mistake_gets_its_specific_hint(exercise_id, wrong, hint):
     assert not result.passed
     assert hint in result.hint, result.message
     assert result.case and result.got  # names the case and what came back
+
+
+def test_a_loop_that_keeps_its_masks_or_makes_them_permanent_at_the_end_passes():
+    assert checks.check_prune_finetune(_prune_loop(), quiet=True).passed
+    assert checks.check_prune_finetune(_prune_loop(permanent=True), quiet=True).passed
+
+
+def test_loop_checkers_train_the_same_way_every_time():
+    for exercise_id, wrong in [
+        ("distill_epoch", _kd_epoch(zero_grad=False)),
+        ("hint_stage", _hint_stage(with_regressor=False)),
+        ("prune_finetune", _prune_loop(once=True)),
+    ]:
+        first, second = (EXERCISES[exercise_id].check(wrong, quiet=True) for _ in range(2))
+        assert first.message == second.message
+        assert first.cases_run == 1 and not first.passed
+
+
+def test_the_prune_loop_reference_compounds_like_kdlib_magnitude_prune():
+    from kdlib.prune import magnitude_prune, sparsity_report
+
+    model, batches = checks._prune_loop_setup(0, 2)
+    ref = checks._prune_loop_reference(model, batches, 0.5, 3, 0.0)  # lr 0: pruning only
+    again = copy.deepcopy(model)
+    for _ in range(3):
+        magnitude_prune(again, 0.5)
+    for name in ("fc1", "fc2", "fc3"):
+        assert torch.equal(
+            ref.get_submodule(name).weight_mask, again.get_submodule(name).weight_mask
+        )
+    assert sparsity_report(ref).sparsity == pytest.approx(1 - 0.5**3, abs=0.01)
 
 
 def test_a_failure_message_names_case_expected_got_and_hint(capsys):
@@ -418,7 +610,7 @@ def test_cubic_reference_is_kdlib_agp_schedule():
 # --------------------------------------------------------------------------------------------
 # The challenge and the notebook-level entry points
 def test_challenge_reports_size_and_accuracy(monkeypatch):
-    net = kdlib.mlp(784, [8], 10)
+    net = kdlib.mlp(784, [3], 10)  # within the budget, far from the bar untrained
     n = kdlib.count_params(net, nonzero=True)
     result = checks.check_challenge(net, quiet=True)
     assert not result.passed
@@ -438,9 +630,34 @@ def test_challenge_counts_nonzero_parameters_only():
     assert not result.passed and result.score == 0 and "too many parameters" in result.hint
     with torch.no_grad():
         for p in big.parameters():
-            p.mul_((torch.rand_like(p) < 0.04).float())  # keep about 4% of the weights
+            p.mul_((torch.rand_like(p) < 0.008).float())  # keep about 0.8% of the weights
     assert kdlib.count_params(big, nonzero=True) <= CHALLENGE["max_params"]
     assert "not accurate enough" in checks.check_challenge(big, quiet=True).hint
+
+
+def test_challenge_score_ranks_size_at_the_bar():
+    budget, bar = CHALLENGE["max_params"], CHALLENGE["min_accuracy"]
+    score = checks.challenge_score
+    assert score(budget, bar) == score(budget // 2, 0.999) == 1.0
+    assert score(2 * budget, bar) == pytest.approx(1 / 3)
+    assert score(4 * budget, bar) == pytest.approx(1 / 6)
+    assert score(budget + 1, bar) > score(budget + 100, bar) > score(10 * budget, bar) > 0
+    assert score(budget, CHALLENGE["partial_accuracy"]) == pytest.approx(1 / 3)
+    assert score(budget + 1, bar - 0.001) == 0.0
+    assert score(budget, CHALLENGE["partial_accuracy"] - 0.001) == 0.0
+
+
+def test_challenge_reports_the_numbers_a_leaderboard_ranks(monkeypatch):
+    net = kdlib.mlp(784, [4], 10)
+    n = kdlib.count_params(net, nonzero=True)
+    monkeypatch.setitem(CHALLENGE, "min_accuracy", 0.0)
+    monkeypatch.setitem(CHALLENGE, "max_params", n // 2)
+    result = checks.check_challenge(net, quiet=True)
+    assert not result.passed and result.score == pytest.approx(2 / 3 * (n // 2) / n)
+    assert "too big" in result.hint
+    assert result.measures["nonzero_params"] == n
+    assert result.measures["reached_bar"] and not result.measures["within_budget"]
+    assert result.to_dict()["measures"] == result.measures
 
 
 def test_challenge_reports_a_model_that_is_not_one():
@@ -457,9 +674,19 @@ def test_check_exercise_and_check_notebook():
     assert not result.passed
     assert "`soften` is not defined" in result.case
     assert "missing, or raised an error" in result.hint
-    ns = {"soft_target_loss": kdlib.soft_target_kl, "kd_loss": kdlib.kd_loss}
+    ns = {
+        "soft_target_loss": kdlib.soft_target_kl,
+        "kd_loss": kdlib.kd_loss,
+        "t2_answer": 64,
+        "distill_epoch": _kd_epoch(),
+    }
     results = checks.check_notebook("04_soft_target_kd", ns)
-    assert [r.exercise for r in results] == ["soft_target_loss", "kd_loss"]
+    assert [r.exercise for r in results] == [
+        "soft_target_loss",
+        "kd_loss",
+        "t2_answer",
+        "distill_epoch",
+    ]
     assert all(results)
     with pytest.raises(ValueError, match="unknown exercise 'nope'"):
         checks.check_exercise("nope", ns)

@@ -1,5 +1,7 @@
 """kdlib.exercises: student versions are generated from the sources and are current."""
 
+import re
+
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -52,7 +54,8 @@ def test_every_exercise_lives_in_a_source_that_defines_it():
         cells = [c for c in nb.cells if c.metadata.get("kdlib", {}).get("exercise") == exercise_id]
         assert len(cells) == 1, exercise_id
         assert "### BEGIN SOLUTION" in cells[0].source
-        assert f"def {ex.name}(" in cells[0].source or ex.name == "compressed"
+        defines = {"function": f"def {ex.name}(", "answer": f"{ex.name} = ", "model": "def "}
+        assert defines[ex.kind] in cells[0].source, exercise_id
         assert any(f"{ex.check.__name__}(" in c.source for c in nb.cells), exercise_id
 
 
@@ -69,8 +72,31 @@ def test_each_concept_of_the_issue_has_an_exercise():
         "structured shrink",
         "cubic schedule",
         "compression challenge",
+        "distillation training loop",
+        "hint stage (training loop)",
+        "prune → fine-tune cycles (training loop)",
+        "question:",
     ):
         assert concept in titles
+    assert sum(ex.kind == "answer" for ex in EXERCISES.values()) >= 2
+
+
+_BREAKING = re.compile(
+    r"\b(remove|delete|comment out|drop|take out)\b[^.]*\b(from|in) your (graded )?"
+    r"(function|code|loss)\b"
+)
+
+
+def test_no_instruction_asks_to_break_a_graded_function():
+    # Experiments run on ungraded copies: following every instruction keeps full marks.
+    old = "remove the `* T**2` from your function and run this cell again"
+    assert _BREAKING.search(old)  # the kind of instruction this test keeps out
+    for src in SOURCES:
+        nb = nbformat.read(src, as_version=4)
+        for cell in nb.cells:
+            text = " ".join(cell.source.lower().split())
+            if cell.cell_type == "markdown":
+                assert not _BREAKING.search(text), (src.name, cell.id)
 
 
 # --------------------------------------------------------------------------------------------

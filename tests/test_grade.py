@@ -21,6 +21,7 @@ import pytest
 from nbformat.v4 import new_code_cell
 
 from kdlib import grade, sandbox
+from kdlib.checks import CHALLENGE
 from kdlib.exercises import EXERCISES_DIR
 
 SOURCE = EXERCISES_DIR / "source" / "02_soft_targets.ipynb"
@@ -235,7 +236,7 @@ def test_files_that_are_no_notebook_are_graded_without_a_kernel(tmp_path, capsys
     assert "bubblewrap" in printed  # what the sandbox enforced, or what it could not
     rows = list(csv.DictReader(report.open()))
     assert [r["student"] for r in rows] == ["zoe", "notes"]
-    assert rows[0]["notebook"] == "04_soft_target_kd" and rows[0]["maximum"] == "4"
+    assert rows[0]["notebook"] == "04_soft_target_kd" and rows[0]["maximum"] == "8"
 
 
 def test_submissions_run_in_parallel(monkeypatch, tmp_path):
@@ -307,14 +308,79 @@ def test_an_empty_folder_and_a_bad_report_name_are_refused(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_every_source_runs_clean_top_to_bottom_at_full_marks():
+def test_every_source_gets_full_marks_and_every_untouched_student_version_zero(tmp_path):
     sources = sorted((EXERCISES_DIR / "source").glob("*.ipynb"))
-    rows = grade.grade(sources, timeout=120, jobs=2)  # 05 and 09 train small models
-    for row in rows:
+    students = []
+    for src in sources:  # the class: one key and one untouched student version per notebook
+        shutil.copy(src, _write_dir(tmp_path / "key") / src.name)
+        shutil.copy(EXERCISES_DIR / src.name, _write_dir(tmp_path / "blank") / src.name)
+        students.append(tmp_path / "blank" / src.name)
+    keys = [tmp_path / "key" / src.name for src in sources]
+    rows = grade.grade(keys + students, timeout=120, jobs=2)  # 04-09 train small models
+    key_rows, blank_rows = rows[: len(keys)], rows[len(keys) :]
+    for row in key_rows:
         detail = (row.path, row.problems, [e.message for e in row.exercises])
         assert row.problems == [], detail
         assert row.score == row.maximum > 0, detail
-    assert sum(r.maximum for r in rows) == sum(ex.points for ex in grade.EXERCISES.values())
+    total = sum(ex.points for ex in grade.EXERCISES.values())
+    assert sum(r.maximum for r in key_rows) == total
+    for row in blank_rows:
+        assert (row.score, row.maximum > 0) == (0, True), (row.path, row.exercises)
+        assert all(
+            "not implemented yet" in e.message or "not defined" in e.message
+            for e in row.exercises
+            if e.exercise != "challenge"
+        ), row.path
+    board = grade.leaderboard(rows)
+    assert [(e["student"], e["rank"]) for e in board] == [("key", 1)]
+    challenge = next(e for r in key_rows for e in r.exercises if e.exercise == "challenge")
+    budget = CHALLENGE["max_params"]
+    assert board[0]["nonzero_params"] == challenge.measures["nonzero_params"] <= budget
+    assert "challenge leaderboard" in grade.summary(rows, 1.0, 2)
+
+
+def _write_dir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _challenge_row(student, path, measures, points=3.0):
+    score = grade.ExerciseScore("challenge", False, points, 3, "", measures)
+    return grade.Submission(path, student, "09_compression_challenge", points, 3, [score])
+
+
+def test_the_leaderboard_ranks_models_at_the_bar_by_nonzero_parameters(tmp_path):
+    def m(n, acc, bar=True, budget=True):
+        return {"nonzero_params": n, "accuracy": acc, "reached_bar": bar, "within_budget": budget}
+
+    rows = [
+        _challenge_row("ann", "a.ipynb", m(2_900, 0.961)),
+        _challenge_row("ben", "b.ipynb", m(1_800, 0.957)),
+        _challenge_row("cat", "c.ipynb", m(900, 0.90, bar=False), points=0),
+        _challenge_row("dan", "d1.ipynb", m(6_000, 0.97, budget=False), points=1.0),
+        _challenge_row("dan", "d2.ipynb", m(2_500, 0.958)),  # his better submission counts
+        _challenge_row("eve", "e.ipynb", m(1_800, 0.957)),  # a tie with ben
+        grade.Submission("f.ipynb", "fay", "02_soft_targets", 1, 1, []),
+    ]
+    board = grade.leaderboard(rows)
+    assert [(e["rank"], e["student"], e["nonzero_params"]) for e in board] == [
+        (1, "ben", 1_800),
+        (1, "eve", 1_800),
+        (3, "dan", 2_500),
+        (4, "ann", 2_900),
+        (None, "cat", 900),
+    ]
+    text = grade.summary(rows, 1.0, 1)
+    assert "challenge leaderboard" in text and "(below the bar)" in text
+    report = json.loads(grade.write_report(rows, tmp_path / "r.json").read_text())
+    assert report["leaderboard"] == board
+    table = list(csv.DictReader(grade.write_report(rows, tmp_path / "r.csv").open()))
+    by_path = {r["path"]: r for r in table}
+    assert by_path["d2.ipynb"]["challenge_rank"] == "3"
+    assert by_path["d1.ipynb"]["challenge_rank"] == ""  # not the submission that counts
+    assert by_path["d1.ipynb"]["challenge_nonzero_params"] == "6000"
+    assert by_path["f.ipynb"]["challenge_accuracy"] == ""
+    assert grade.leaderboard(rows[-1:]) == []
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """kdlib.record: what the sandbox records is data only, and replaying it to the checker in the
 grader's process gives the verdict the checker gives on the learner's function itself."""
 
+import contextlib
+import copy
+import functools
 import json
 
 import numpy as np
@@ -30,7 +33,70 @@ def _sharing_inherit(student, teacher):  # right values, but the weights are the
     return student
 
 
+def _kd_epoch(student, teacher, batches, optimizer, T, alpha, no_grad=True):
+    teacher.eval()
+    student.train()
+    losses = []
+    for X, y in batches:
+        with torch.no_grad() if no_grad else contextlib.nullcontext():
+            z_t = teacher(X)
+        loss = kdlib.kd_loss(student(X), z_t, y, T, alpha)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _prune_loop(model, batches, amount, rounds, lr, remove=False, copy_first=False):
+    if copy_first:  # returns a new model, made permanent: recorded as torch layers
+        model = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for _ in range(rounds):
+        for m in layers:
+            torch.nn.utils.prune.l1_unstructured(m, "weight", amount=amount)
+            if remove:
+                torch.nn.utils.prune.remove(m, "weight")
+        for X, y in batches:
+            loss = F.cross_entropy(model(X), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    if copy_first:
+        for m in layers:
+            torch.nn.utils.prune.remove(m, "weight")
+    return model
+
+
+def _hint_stage(student, teacher, regressor, batches, lr, train_teacher=False):
+    teacher.train(train_teacher)
+    opt = torch.optim.SGD([*student.parameters(), *regressor.parameters()], lr=lr)
+    losses = []
+    for X in batches:
+        with torch.no_grad():
+            f_t = teacher(X)
+        loss = F.mse_loss(regressor(student(X)), f_t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 ANSWERS = [
+    ("distill_epoch", _kd_epoch),
+    ("distill_epoch", functools.partial(_kd_epoch, no_grad=False)),  # gradients in the teacher
+    ("distill_epoch", lambda s, t, b, o, T, a: [0.0] * len(b)),  # teacher left in train mode
+    ("hint_stage", _hint_stage),
+    ("hint_stage", functools.partial(_hint_stage, train_teacher=True)),  # batch-norm stats move
+    ("prune_finetune", _prune_loop),  # masks rebuilt with torch's own pruning
+    ("prune_finetune", functools.partial(_prune_loop, remove=True)),
+    ("prune_finetune", functools.partial(_prune_loop, copy_first=True)),
+    ("t2_answer", 64),
+    ("t2_answer", 8.0),
+    ("sparsity_answer", 0.875),
+    ("sparsity_answer", "0.875"),
     ("soften", lambda z, T: torch.softmax(z / T, 1)),
     ("soften", lambda z, T: torch.softmax(z * T, 1)),
     ("soften", _in_place_soften),
@@ -85,6 +151,16 @@ def test_the_challenge_model_is_rebuilt_from_torch_layers_with_its_effective_wei
     record_exercise("challenge", {"compressed": model}, tmp_path)
     assert replay_exercise("challenge", tmp_path) == direct
     assert "nonzero parameters: 6,458" in direct["message"]  # 12,544 / 2 + 16 + 160 + 10
+
+
+def test_a_pruned_model_comes_back_with_torch_masks_and_its_gradients(tmp_path):
+    record_exercise("prune_finetune", {"prune_finetune": _prune_loop}, tmp_path)
+    record = json.loads((tmp_path / "prune_finetune.json").read_text())
+    state = record["calls"][0]["state"]["a0"]
+    assert "fc1.weight_orig" in state["params"] and "fc1.weight_mask" in state["buffers"]
+    assert "alias" not in state["params"]["fc1.weight_orig"]  # renamed by pruning, not shared
+    assert "grad" in state["params"]["fc1.weight_orig"]
+    assert state["training"][""] is True
 
 
 def test_a_custom_module_is_not_rebuilt_and_its_code_never_runs(tmp_path):
