@@ -7,7 +7,12 @@ which case failed, the expected value, what came back and a hint. The hint is ai
 likely mistake: when a wrong answer equals what a classic mistake gives (a missing T²,
 probabilities fed to ``F.kl_div``, ``reduction="mean"``, a mask that keeps the smallest
 weights, ...), the hint names that mistake. A checker never raises because of the learner's
-code: an exception, a wrong type or a wrong shape is reported as a failed case. Every checker
+code: an exception, a wrong type or a wrong shape is reported as a failed case. Checkers of
+training loops (``check_distill_epoch``, ``check_hint_stage``, ``check_prune_finetune``)
+build tiny seeded models and batches, run the learner's loop and a reference loop from the
+same start, and compare what each left behind (weights, the teacher's state, masks, losses);
+checkers of questions (``check_t2_answer``, ``check_sparsity_answer``) take the number the
+learner read off a printed result. Every checker
 returns a :class:`CheckResult`; :data:`EXERCISES` lists the exercises of the exercise
 notebooks with their checkers and points. The grader never trusts a verdict reached in a
 submission's kernel: :mod:`kdlib.record` records there what the learner's code returned and

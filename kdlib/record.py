@@ -6,9 +6,11 @@ Grading must not trust the learner's Python process: code there can replace the 
 - **Inside the sandbox** (the submission's kernel), :func:`record_exercise` runs the exercise's
   checker with the learner's function wrapped in a recorder, and writes, for every call, only
   data: what came back (tensors, numbers, strings, tuples, torch.nn layers rebuilt from their
-  settings and weights), how the call changed its arguments, and the gradients of a returned
-  loss. Tensors go to a NumPy ``.npz`` read with ``allow_pickle=False``, the rest to JSON. The
-  checker's verdict there is thrown away.
+  settings and weights), how the call changed its arguments (tensor values; for modules,
+  their parameters with their gradients, buffers such as batch-norm statistics and pruning
+  masks, and train/eval modes, so that training loops can be judged), and the gradients of a
+  returned loss. Tensors go to a NumPy ``.npz`` read with ``allow_pickle=False``, the rest
+  to JSON. The checker's verdict there is thrown away.
 - **In the grader's own process**, :func:`replay_exercise` runs the same checker on the same
   inputs (its cases come from fixed seeds) with a stand-in function that answers each call
   with the recorded data. The verdict is computed there, from kdlib's references, and code
