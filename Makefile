@@ -52,7 +52,7 @@ lab: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(NB_ENV) $(PY) -m pytest -p no:cacheprovider -q -rs tests
+	$(NB_ENV) $(PY) -m pytest -p no:cacheprovider -q -rfEs tests
 	$(NB_ENV) $(PY) -m pytest -p no:cacheprovider -q $(NBVAL) notebooks
 
 # The stored outputs were made with CI's pinned torch and freshly trained teachers (see

@@ -56,7 +56,7 @@ from .metrics import (
     size_bytes,
 )
 from .models import cnn, mlp, model, presets
-from .params import STRATEGIES, distill_params, inherit
+from .params import STRATEGIES, distill_params, inherit, low_rank
 from .prune import (
     AGPSchedule,
     Sensitivity,
@@ -164,6 +164,7 @@ __all__ = [
     "STRATEGIES",
     "distill_params",
     "inherit",
+    "low_rank",
     # features (feature distillation) and the feature losses
     "FeatureCapture",
     "attention_maps",

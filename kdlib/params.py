@@ -1,11 +1,12 @@
 """Parameter distillation: start a smaller student from its teacher's own weights, then train it
 on the teacher's softened outputs until its parameters stop moving.
 
-:func:`inherit` builds a student's initial weights from an MLP teacher's, by one of
-:data:`STRATEGIES`: ``"top-units"`` keeps the hidden units with the largest weights,
-``"svd"`` keeps the rows of each weight matrix's truncated-SVD approximation that carry the
-most energy, and ``"every-other-layer"`` copies a subset of a deeper teacher's layers (as
-DistilBERT did).
+:func:`inherit` builds a narrower or shallower student's initial weights from an MLP
+teacher's, by one of :data:`STRATEGIES`: ``"top-units"`` keeps the hidden units with the
+largest weights, and ``"every-other-layer"`` copies a subset of a deeper teacher's layers (as
+DistilBERT did). :func:`low_rank` builds the student from the teacher itself: each weight
+matrix is factorised by its truncated SVD, ``W ≈ (U_r S_r^½)(S_r^½ V_rᵀ)``, two thinner
+layers with a linear bottleneck of ``r`` units between them.
 :func:`distill_params` then trains the student with ``T²·KL(p_teacher(T) ‖ p_student(T))``
 through :func:`kdlib.distill.distill` and stops when the relative change of the parameters over
 an epoch falls below a tolerance, or at ``epochs``; the history says which stop happened.
@@ -14,6 +15,8 @@ Only MLPs (chains of ``nn.Linear`` with element-wise activations) can be inherit
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
@@ -24,11 +27,10 @@ from .distill import _check_pair, distill
 from .metrics import agreement, mean_kl
 from .train import History, evaluate, predict
 
-__all__ = ["STRATEGIES", "inherit", "distill_params", "param_change", "layer_map"]
+__all__ = ["STRATEGIES", "inherit", "low_rank", "distill_params", "param_change", "layer_map"]
 
 STRATEGIES: dict[str, str] = {
     "top-units": "keep the hidden units whose incoming × outgoing weight norms are largest",
-    "svd": "keep the units carrying most of each weight matrix's rank-k SVD approximation",
     "every-other-layer": "copy every other layer of a deeper teacher, folding in the rest",
 }
 
@@ -119,29 +121,6 @@ def _top_units(ls, lt) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return blocks
 
 
-def _svd(ls, lt) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer, the kept rows of the teacher's rank-k approximation (k = student width)."""
-    keep_in = torch.arange(lt[0][1].in_features)
-    blocks = []
-    for i, ((_, s), (_, t)) in enumerate(zip(ls, lt, strict=True)):
-        W, b = t.weight[:, keep_in], t.bias  # (teacher width, kept inputs)
-        if i < len(ls) - 1:
-            k = s.out_features
-            U, S, Vh = torch.linalg.svd(W, full_matrices=False)
-            r = min(k, len(S))
-            W_k = (U[:, :r] * S[:r]) @ Vh[:r]  # the best rank-r approximation of W
-            # A unit's share of the rank-r approximation's energy; rotating the hidden space
-            # onto U instead would not commute with the ReLU that follows.
-            keep_out = torch.topk(W_k.norm(dim=1), k).indices.sort().values
-            W = W_k[keep_out]
-            b = None if b is None else b[keep_out]
-        else:
-            keep_out = torch.arange(t.out_features)
-        blocks.append((W, b))
-        keep_in = keep_out
-    return blocks
-
-
 def _affine(layer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     b = layer.bias
     if b is None:
@@ -169,8 +148,8 @@ def _every_other_layer(ls, lt, fold: bool) -> list[tuple[torch.Tensor, torch.Ten
             raise ValueError(
                 f"every-other-layer puts {what} ({W.shape[1]}→{W.shape[0]}) into student "
                 f"layer {ns!r} ({_shape(s)}), but their shapes differ; the student's widths "
-                "must equal the picked teacher layers' (or use 'top-units' / 'svd' for a "
-                "narrower student of the same depth)"
+                "must equal the picked teacher layers' (or use 'top-units' for a narrower "
+                "student of the same depth)"
             )
         blocks.append((W, b))
         prev = j
@@ -188,14 +167,6 @@ def inherit(
       every hidden layer the student keeps the ``k`` teacher units with the largest
       ``‖incoming weights‖ · ‖outgoing weights‖`` and copies the matching sub-blocks of the
       weight matrices on both sides (and the biases).
-    * ``"svd"``: same depth. For every hidden layer the teacher's weight matrix (restricted to
-      the inputs kept so far) is replaced by its truncated SVD of rank ``k`` (the student's
-      width), ``W_k = U_k S_k V_kᵀ``, and the student keeps the ``k`` rows of ``W_k`` with the
-      most energy (largest norm). A rotation of the hidden space onto ``U_k`` would be the
-      textbook projection, but it does not commute with the ReLU after the layer and starts the
-      student far from its teacher; keeping whole units does. When ``k`` reaches the matrix's
-      rank (800 units from 784 inputs) the truncation changes nothing and this is a selection
-      by incoming weights alone, where ``"top-units"`` also weighs the outgoing ones.
     * ``"every-other-layer"``: the teacher is deeper. Student layer ``i`` takes teacher layer
       :func:`layer_map` ``[i]`` (the first and last are kept, the rest spread evenly: every
       other layer for 2L+1 vs L+1 Linear layers), as DistilBERT did for transformers. There,
@@ -236,7 +207,7 @@ def inherit(
             blocks = _every_other_layer(ls, lt, fold)
         else:
             _check_same_depth_and_narrower(ls, lt, strategy)
-            blocks = _top_units(ls, lt) if strategy == "top-units" else _svd(ls, lt)
+            blocks = _top_units(ls, lt)
         for (_, s), (W, b) in zip(ls, blocks, strict=True):
             s.weight.copy_(W)
             if s.bias is not None:
@@ -245,6 +216,81 @@ def inherit(
                 else:
                     s.bias.copy_(b)
     return student
+
+
+def low_rank(teacher: nn.Module, rank: int, layers: Sequence[str] | None = None) -> nn.Module:
+    r"""A copy of ``teacher`` whose ``nn.Linear`` layers are factorised by truncated SVD.
+
+    Layer ``W`` (``out × in``) with its SVD ``W = U S Vᵀ`` becomes two layers with a linear
+    bottleneck of ``rank`` units, ``W ≈ (U_r S_r^{1/2})(S_r^{1/2} V_rᵀ)``: ``down`` (``in → r``,
+    no bias) then ``up`` (``r → out``, the original bias). By the Eckart–Young theorem this is
+    the closest rank-``r`` matrix to ``W`` (in Frobenius and spectral norm), and it has
+    ``r·(in + out)`` weights instead of ``in·out``: fewer whenever ``r < in·out / (in + out)``.
+    Splitting ``S`` evenly gives both factors the same scale, which trains better than putting
+    it all on one side. There is no activation in the bottleneck, so the student computes
+    exactly what the rank-``r`` teacher computes; at full rank, what the teacher computes.
+
+    Args:
+        teacher: the trained model (read only); any model whose chosen layers are Linear.
+        rank: bottleneck width ``r`` (a positive int, below ``min(in, out)`` of every factorised
+            layer, and small enough to save weights).
+        layers: names of the Linear layers to factorise (default: every Linear layer that
+            ``rank`` makes smaller; the output layer usually is not).
+
+    Returns:
+        A new model; each factorised layer is an ``nn.Sequential`` of ``down`` and ``up``.
+
+    Raises:
+        ValueError: a bad ``rank``, a name that is no layer, a layer that is no ``nn.Linear``
+            (named with its type), or a rank that would not make a chosen layer smaller.
+
+    Example:
+        >>> student = low_rank(teacher, 256)  # hinton-teacher: 2.4 M → 1.1 M parameters
+        >>> kdlib.count_params(student) < kdlib.count_params(teacher)
+        True
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    found = dict(teacher.named_modules())
+    if layers is None:
+        layers = [
+            n
+            for n, m in found.items()
+            if isinstance(m, nn.Linear)
+            and rank * (m.in_features + m.out_features) < m.in_features * m.out_features
+        ]
+        if not layers:
+            raise ValueError(f"rank={rank} makes none of the teacher's Linear layers smaller")
+    for name in layers:
+        layer = found.get(name)
+        if layer is None or name == "":
+            raise ValueError(f"the teacher has no layer named {name!r}")
+        if not isinstance(layer, nn.Linear):
+            raise ValueError(f"low_rank factorises nn.Linear layers; {name!r} is {type(layer)}")
+        n_in, n_out = layer.in_features, layer.out_features
+        if rank * (n_in + n_out) >= n_in * n_out:
+            raise ValueError(
+                f"rank={rank} would not make layer {name!r} ({n_in}→{n_out}) smaller: "
+                f"r·(in + out) = {rank * (n_in + n_out):,} ≥ in·out = {n_in * n_out:,}"
+            )
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for name in layers:
+            layer = student.get_submodule(name)
+            U, S, Vh = torch.linalg.svd(layer.weight, full_matrices=False)
+            root = S[:rank].sqrt()
+            down = nn.Linear(layer.in_features, rank, bias=False)
+            up = nn.Linear(rank, layer.out_features, bias=layer.bias is not None)
+            down.weight.copy_(root[:, None] * Vh[:rank])  # (r, in)
+            up.weight.copy_(U[:, :rank] * root)  # (out, r)
+            if layer.bias is not None:
+                up.bias.copy_(layer.bias)
+            factored = nn.Sequential(OrderedDict(down=down, up=up)).to(layer.weight.device)
+            parent, _, child = name.rpartition(".")
+            setattr(student.get_submodule(parent) if parent else student, child, factored)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    return student.train(teacher.training)
 
 
 def _flat(model: nn.Module) -> torch.Tensor:
@@ -280,9 +326,11 @@ def distill_params(
     :math:`\|\theta_e - \theta_{e-1}\| / \|\theta_{e-1}\|` is logged as ``param_change``; when
     it falls below ``tol`` training stops with ``history.stop_reason`` starting with
     ``"converged"``, otherwise it ends at ``epochs`` with ``"max_epochs"``. Plain SGD (with
-    momentum) is the default because its steps shrink with the gradient, so "the parameters
-    stop moving" means "the student stopped learning"; Adam's normalised steps keep a
-    near-constant size whatever the gradient.
+    momentum) is the default because its steps shrink with the gradient, so a small change
+    means small gradients; Adam's normalised steps keep a near-constant size whatever the
+    gradient. The rule is a rule of thumb, not a proof that the student has learned all it
+    can: how much the parameters move in an epoch also scales with the learning rate and the
+    number of steps per epoch, so ``tol`` must be chosen with both.
 
     Args:
         student: an MLP (modified in place).

@@ -45,7 +45,7 @@ from .metrics import (
 )
 from .models import mlp
 from .models import model as build_model
-from .params import distill_params
+from .params import distill_params, low_rank
 from .prune import (
     iterative_prune,
     make_permanent,
@@ -71,6 +71,8 @@ __all__ = [
     "gap_closed",
     "summarize",
     "main",
+    "format_costs",
+    "pair_costs",
     "magnitude_rows",
     "shrink_rows",
     "SummaryMethod",
@@ -84,6 +86,9 @@ __all__ = [
 
 SEEDS = (0, 1, 2)
 STUDENT = "hinton-student"  # the 800-800 MLP every row of the distill table trains
+KD_TEACHER = "hinton-teacher"  # 1200-1200 MLP, dropout and ±2 px jitter: Hinton et al.'s setup
+LOW_RANK = 256  # bottleneck width of the low-rank row (2.4 M → 1.1 M parameters)
+LATENCY_BATCH = 256  # batch size of the latency column
 
 
 @dataclass
@@ -94,7 +99,7 @@ class Run:
     teacher: str  # which teacher it learned from ("—" for scratch)
     seed: int  # seeds the student's initial weights and the batch order
     acc: float  # final test accuracy
-    agreement: float  # top-1 test agreement with the row's teacher (scratch: cnn-teacher)
+    agreement: float  # top-1 test agreement with the row's teacher (scratch: KD_TEACHER)
     epochs: int  # epochs trained
     seconds: float  # training time (evaluation excluded)
     history: History = field(repr=False, default_factory=History)
@@ -109,10 +114,18 @@ class Method:
     teacher: str  # "cnn-teacher", "hinton-teacher", "mlp-800x4" or "—"
     train: Callable[[nn.Module, nn.Module | None, Dataset, int, int], History]
     note: str = ""  # what a reader must know to interpret the row
+    # builds the student from (teacher, data, seed); None: the run's student preset
+    student: Callable[[nn.Module | None, Dataset, int], nn.Module] | None = None
+
+    def build_student(
+        self, teacher: nn.Module | None, data: Dataset, seed: int, preset: str = STUDENT
+    ) -> nn.Module:
+        """This row's untrained student: its own builder's, else ``preset`` from ``seed``."""
+        return (self.student or _preset_student(preset))(teacher, data, seed)
 
 
-def _recipe_kwargs(epochs: int) -> dict:
-    r = RECIPES[STUDENT]
+def _recipe_kwargs(epochs: int, preset: str = STUDENT) -> dict:
+    r = RECIPES[preset]
     return dict(epochs=epochs, lr=r.lr, batch_size=r.batch_size, schedule=r.schedule)
 
 
@@ -132,7 +145,7 @@ def _kd(loss: str, **kwargs):
     return train
 
 
-def _params(strategy: str, lr: float = 1e-2, tol: float = 2e-3):
+def _params(strategy: str | None, lr: float = 1e-2, tol: float = 2e-3):
     def train(student, teacher, data, seed, epochs):
         return distill_params(
             student, teacher, data, strategy, epochs, lr, T=4.0, tol=tol, seed=seed
@@ -141,15 +154,31 @@ def _params(strategy: str, lr: float = 1e-2, tol: float = 2e-3):
     return train
 
 
+def _preset_student(preset: str):
+    def build(teacher, data, seed):
+        return build_model(
+            preset, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed
+        )
+
+    return build
+
+
+def _low_rank_student(rank: int):
+    def build(teacher, data, seed):
+        return low_rank(teacher, rank)  # deterministic: the seed only orders the batches
+
+    return build
+
+
 def distill_methods(T: float = 4.0, alpha: float = 0.9, max_shift: int = 2) -> list[Method]:
     """The rows of the distill table, in order."""
     shift = random_shift(max_shift)
     return [
         Method("scratch", "—", _scratch(), "labels only, by the preset's recipe"),
-        Method("MSE logits", "cnn-teacher", _kd("mse"), "mean((z_s − z_t)²), no labels"),
+        Method("MSE logits", KD_TEACHER, _kd("mse"), "mean((z_s − z_t)²), no labels"),
         Method(
             f"soft-target KD (T={T:g}, α={alpha:g})",
-            "cnn-teacher",
+            KD_TEACHER,
             _kd("kd", T=T, alpha=alpha),
             "teacher logits cached once",
         ),
@@ -161,7 +190,7 @@ def distill_methods(T: float = 4.0, alpha: float = 0.9, max_shift: int = 2) -> l
         ),
         Method(
             f"soft-target KD + shifts (T={T:g}, α={alpha:g})",
-            "cnn-teacher",
+            KD_TEACHER,
             _kd("kd", T=T, alpha=alpha, augment=shift),
             "teacher run on every shifted batch",
         ),
@@ -172,7 +201,11 @@ def distill_methods(T: float = 4.0, alpha: float = 0.9, max_shift: int = 2) -> l
             "inherit 800 of 1200 units, then T²·KL until still",
         ),
         Method(
-            "params: svd", "hinton-teacher", _params("svd"), "truncated-SVD projection, then KL"
+            f"params: low-rank (r={LOW_RANK})",
+            "hinton-teacher",
+            _params(None),
+            "every weight matrix factorised by truncated SVD, then T²·KL until still",
+            _low_rank_student(LOW_RANK),
         ),
         Method(
             "params: every-other-layer",
@@ -188,7 +221,8 @@ def deep_mlp_teacher(data: Dataset, seed: int = 0, epochs: int | None = None) ->
     torch.manual_seed(seed)
     net = mlp(data.in_features, [800] * 4, data.num_classes)
     r = RECIPES[STUDENT]
-    fit(net, data, **_recipe_kwargs(epochs or r.epochs), seed=seed, desc="mlp-800x4")
+    kwargs = _recipe_kwargs(epochs or r.epochs)
+    fit(net, data, **kwargs, seed=seed, desc="mlp-800x4")
     return net.eval()
 
 
@@ -211,6 +245,7 @@ def distill_runs(
     teachers: dict[str, nn.Module] | None = None,
     log: Callable[[str], None] | None = None,
     student: str = STUDENT,
+    reference: str = KD_TEACHER,
 ) -> tuple[dict[str, list[Run]], dict[str, float]]:
     """Train every method for every seed.
 
@@ -224,13 +259,14 @@ def distill_runs(
         teachers: trained teachers by name, instead of training or loading them (tests).
         log: called with one line per finished run.
         student: the student preset every row trains (the features section uses a CNN).
+        reference: the teacher that scratch rows' agreement is measured against.
 
     Returns:
         ``(runs, teacher_acc)``: the runs per method name, and each teacher's test accuracy.
     """
     methods = list(methods) if methods is not None else distill_methods()
     epochs = epochs or RECIPES[student].epochs
-    needed = {m.teacher for m in methods} | {"cnn-teacher"}
+    needed = {m.teacher for m in methods} | {reference}
     teachers = dict(teachers or {})
     teachers.update(_teachers(data, needed - set(teachers), teacher_epochs))
     X_test = data.X_test
@@ -239,19 +275,17 @@ def distill_runs(
     runs: dict[str, list[Run]] = {}
     for m in methods:
         for seed in seeds:
-            net = build_model(
-                student, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed
-            )
             teacher = teachers.get(m.teacher)
+            net = m.build_student(teacher, data, seed, student)
             hist = m.train(net, teacher, data, seed, epochs)
             # scratch rows are compared with the KD rows' teacher
-            reference = teacher_test[m.teacher if teacher is not None else "cnn-teacher"]
+            against = teacher_test[m.teacher if teacher is not None else reference]
             run = Run(
                 method=m.name,
                 teacher=m.teacher,
                 seed=seed,
                 acc=hist.last("test_acc"),
-                agreement=agreement(net, reference, X_test),
+                agreement=agreement(net, against, X_test),
                 epochs=hist.epochs,
                 seconds=hist.seconds + hist.info.get("cache_seconds", 0.0),
                 history=hist,
@@ -261,6 +295,56 @@ def distill_runs(
             if log is not None:
                 log(f"  {m.name:<42} seed {seed}: acc {run.acc:.4f}, {run.seconds:.1f} s")
     return runs, teacher_acc
+
+
+def pair_costs(
+    pairs: dict[str, tuple[nn.Module, nn.Module]],
+    input_shape: Sequence[int],
+    batch_size: int = LATENCY_BATCH,
+) -> list[dict]:
+    """What each (student, teacher) pair costs: parameters, bytes, MACs and latency of both.
+
+    Every distinct model is timed in the same :func:`compare_latency` run (in turns), so the
+    latency ratios of all pairs are comparable. Returns one dict per pair, in order, with
+    ``row`` and, for ``student`` and ``teacher``, ``params``, ``bytes``, ``macs`` and
+    ``latency`` (seconds per batch of ``batch_size``).
+    """
+    models: dict[int, nn.Module] = {}
+    for student, teacher in pairs.values():
+        models.setdefault(id(student), student)
+        models.setdefault(id(teacher), teacher)
+    seconds = compare_latency(
+        {str(k): m for k, m in models.items()}, input_shape, batch_size, rounds=3
+    )
+    rows = []
+    for row, pair in pairs.items():
+        costs = {"row": row}
+        for who, m in zip(("student", "teacher"), pair, strict=True):
+            costs[who] = {
+                "params": count_params(m),
+                "bytes": size_bytes(m),
+                "macs": macs(m, input_shape),
+                "latency": seconds[str(id(m))],
+            }
+        rows.append(costs)
+    return rows
+
+
+def format_costs(rows: list[dict], batch_size: int = LATENCY_BATCH) -> str:
+    """A Markdown table of :func:`pair_costs`: each figure as student / teacher, and the ratio."""
+    lines = [
+        f"| row | parameters | bytes | MACs | latency (ms, batch {batch_size}) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        s, t = r["student"], r["teacher"]
+        cells = []
+        for key in ("params", "bytes", "macs"):
+            cells.append(f"{s[key]:,} / {t[key]:,} ({t[key] / s[key]:.1f}× smaller)")
+        lat = f"{1e3 * s['latency']:.2f} / {1e3 * t['latency']:.2f}"
+        cells.append(f"{lat} ({t['latency'] / s['latency']:.1f}× faster)")
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -342,7 +426,7 @@ def format_table(
         )
         lines.append(line + (f" {r['seconds']:.1f} |" if timing else ""))
     lines.append("")
-    lines.append("¹ top-1 agreement with the row's teacher; scratch rows with `cnn-teacher`.")
+    lines.append(f"¹ top-1 agreement with the row's teacher; scratch rows with `{KD_TEACHER}`.")
     return "\n".join(lines)
 
 
@@ -350,30 +434,45 @@ def _distill_section(args: argparse.Namespace) -> str:
     data = load(args.dataset)
     seeds = tuple(args.seeds)
     t0 = time.perf_counter()
+    methods = distill_methods()
+    trained = _teachers(data, {m.teacher for m in methods} | {KD_TEACHER}, None)
     runs, teacher_acc = distill_runs(
-        data, seeds, args.epochs, log=lambda s: print(s, file=sys.stderr, flush=True)
-    )
+        data, seeds, args.epochs, methods, teachers=trained,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )  # fmt: skip
     rows = summarize(runs)
     by_name = {r["method"]: r for r in rows}
     scratch = by_name["scratch"]["acc"]
+    teachers = {m.name: m.teacher for m in methods}
     out = [
-        f"## Distillation on {data.name}: {STUDENT} (800-800 MLP) students, "
-        f"mean ± std over seeds {', '.join(map(str, seeds))}",
+        f"## Distillation on {data.name}: mean ± std over seeds {', '.join(map(str, seeds))}",
         "",
         format_table(rows, teacher_acc),
         "",
-        "Share of the teacher–scratch test-accuracy gap closed (cnn-teacher "
-        f"{100 * teacher_acc['cnn-teacher']:.1f}%, scratch {100 * scratch:.1f}%):",
+        f"Share of the teacher–scratch test-accuracy gap closed ({KD_TEACHER} "
+        f"{100 * teacher_acc[KD_TEACHER]:.1f}%, scratch {100 * scratch:.1f}% "
+        f"± {100 * by_name['scratch']['acc_std']:.1f}):",
     ]
     for r in rows:
-        if r["teacher"] == "cnn-teacher" or r["method"].startswith("scratch +"):
-            share = gap_closed(r["acc"], scratch, teacher_acc["cnn-teacher"])
-            out.append(f"  {r['method']:<42} {100 * share:6.1f}%")
+        if r["method"] != "scratch" and not r["method"].startswith("params"):
+            share = gap_closed(r["acc"], scratch, teacher_acc[KD_TEACHER])
+            gain = 100 * (r["acc"] - scratch)
+            out.append(f"  {r['method']:<42} {100 * share:6.1f}%  ({gain:+.1f} points)")
+    # one student per row (seed 0's) against its teacher; scratch rows have no teacher
+    pairs = {}
+    for name, rs in runs.items():
+        if teachers[name] != "—":
+            pairs[name] = (rs[0].student, trained[teachers[name]])
     out += [
         "",
-        f"Parameter distillation: epochs until the scratch accuracy ({100 * scratch:.1f}%)",
+        "What each distilled student costs against its teacher (student / teacher; "
+        "latency timed in turns in one run on this machine, 2 threads):",
+        "",
+        format_costs(pair_costs(pairs, data.input_shape)),
+        "",
+        f"Parameter distillation: epochs until the scratch accuracy ({100 * scratch:.1f}%) is "
+        f"reached, against the scratch student's {by_name['scratch']['epochs']:.0f}:",
     ]
-    out.append(f"is reached, against the scratch student's {by_name['scratch']['epochs']:.0f}:")
     for name, rs in runs.items():
         if not name.startswith("params"):
             continue
@@ -387,11 +486,12 @@ def _distill_section(args: argparse.Namespace) -> str:
         )
     out += [
         "",
-        "Teachers: `cnn-teacher` (the course's CNN) for the KD rows; `hinton-teacher` "
-        "(1200-1200 MLP) for top-units and svd; `mlp-800x4` (4×800 MLP, trained like the "
-        "student) for every-other-layer, since weights can only be inherited between MLPs. "
-        "Teachers use seed 0; seconds are training time per run (cached teacher logits "
-        "included), measured on this machine.",
+        f"Students: `{STUDENT}` (800-800 MLP, trained on the plain digits) in every row but "
+        f"low-rank, which is `{KD_TEACHER}` factorised at rank {LOW_RANK}. Teachers: "
+        f"`{KD_TEACHER}` (1200-1200 MLP, trained with dropout and ±2 px jitter: Hinton et "
+        "al.'s MNIST setup) for the KD, top-units and low-rank rows; `mlp-800x4` (4×800 MLP, "
+        "trained like the student) for every-other-layer. Teachers use seed 0; seconds are "
+        "training time per run (cached teacher logits included), measured on this machine.",
         f"(section took {time.perf_counter() - t0:.0f} s)",
     ]
     return "\n".join(out)
@@ -1015,6 +1115,7 @@ def _features_section(args: argparse.Namespace) -> str:
             methods=feature_methods(),
             teachers=teachers,
             student=FEATURE_STUDENT,
+            reference="cnn-teacher",
             log=lambda s: print(s, file=sys.stderr, flush=True),
         )
         rows = summarize(runs)
@@ -1054,7 +1155,7 @@ def split_shares(
 ) -> list[dict]:
     """The distill table's scratch and soft-target KD rows, on several splits of the data.
 
-    Each split ``load(dataset, seed=s)`` gets its own ``cnn-teacher`` (seed 0, trained on
+    Each split ``load(dataset, seed=s)`` gets its own ``hinton-teacher`` (seed 0, trained on
     that split's training images only) and its own students (``seeds``), trained exactly as
     in the distill table.
 
@@ -1071,7 +1172,7 @@ def split_shares(
         runs, teacher_acc = distill_runs(data, seeds, epochs, methods=methods, log=log)
         by_name = {r["method"]: r for r in summarize(runs)}
         scratch, kd = by_name[wanted[0]], by_name[wanted[1]]
-        t = teacher_acc["cnn-teacher"]
+        t = teacher_acc[KD_TEACHER]
         rows.append(
             dict(
                 split=s,
@@ -1110,11 +1211,15 @@ def _splits_section(args: argparse.Namespace) -> str:
         )
     shares = [r["share"] for r in rows]
     mean, std = _mean_std(shares)
+    gain = statistics.fmean(r["kd"] - r["scratch"] for r in rows)
+    scratch_std = statistics.fmean(r["scratch_std"] for r in rows)
     gap_images = statistics.fmean((r["teacher"] - r["scratch"]) * r["n_test"] for r in rows)
     out += [
         "",
         f"Share of the gap closed over {len(rows)} splits: {100 * mean:.0f} ± {100 * std:.0f}%"
-        f" (KD above scratch on {sum(r['kd'] > r['scratch'] for r in rows)} of {len(rows)}).",
+        f" (KD above scratch on {sum(r['kd'] > r['scratch'] for r in rows)} of {len(rows)}; "
+        f"by {100 * gain:+.1f} points on average, against scratch's std over seeds of "
+        f"{100 * scratch_std:.1f} points on average).",
         "Each split has its own teacher, trained on that split's training images only. "
         f"The teacher–scratch gap is {gap_images:.0f} test images on average (of "
         f"{rows[0]['n_test']:,}), so the share of it is a noisy number: one split's value "

@@ -7,7 +7,14 @@ import torch
 from torch import nn
 
 import kdlib
-from kdlib.params import STRATEGIES, distill_params, inherit, layer_map, param_change
+from kdlib.params import (
+    STRATEGIES,
+    distill_params,
+    inherit,
+    layer_map,
+    low_rank,
+    param_change,
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,23 +87,80 @@ def test_top_units_copies_the_hand_picked_sub_blocks():
     torch.testing.assert_close(student.fc2.bias, teacher.fc2.bias)
 
 
-def test_svd_keeps_rows_of_the_rank_k_approximation():
+def test_low_rank_is_the_truncated_svd_with_a_linear_bottleneck():
     torch.manual_seed(0)
-    teacher = kdlib.mlp(6, [5], 3)
-    student = inherit(kdlib.mlp(6, [2], 3), teacher, "svd")
+    teacher = kdlib.mlp(12, [10], 3)
+    student = low_rank(teacher, 2, layers=["fc1"])
     W = teacher.fc1.weight.detach()
     U, S, Vh = torch.linalg.svd(W, full_matrices=False)
-    W2 = U[:, :2] @ torch.diag(S[:2]) @ Vh[:2]
-    keep = torch.topk(W2.norm(dim=1), 2).indices.sort().values
-    torch.testing.assert_close(student.fc1.weight, W2[keep])
-    torch.testing.assert_close(student.fc2.weight, teacher.fc2.weight[:, keep])
-    assert torch.linalg.matrix_rank(student.fc1.weight) <= 2
+    W2 = U[:, :2] @ torch.diag(S[:2]) @ Vh[:2]  # the best rank-2 approximation
+    down, up = student.fc1.down.weight, student.fc1.up.weight
+    assert down.shape == (2, 12) and up.shape == (10, 2)
+    torch.testing.assert_close(up @ down, W2)
+    torch.testing.assert_close(student.fc1.up.bias, teacher.fc1.bias)
+    # Eckart–Young: the error is exactly the dropped singular values
+    torch.testing.assert_close(torch.linalg.norm(W - up @ down), S[2:].norm())
+    # the factors share the singular values evenly
+    torch.testing.assert_close(down.norm(dim=1), up.norm(dim=0))
+    x = torch.randn(5, 12)
+    hidden = torch.relu(x @ W2.T + teacher.fc1.bias)  # what the rank-2 teacher computes
+    torch.testing.assert_close(student(x), teacher.fc2(hidden))
 
 
-@pytest.mark.parametrize("strategy", ["top-units", "svd"])
-def test_a_student_as_wide_as_its_teacher_is_the_teacher(small, wide, strategy):
-    student = inherit(kdlib.mlp(784, [128, 128], 10), wide, strategy)
-    # svd reassembles U S Vᵀ, exact up to float rounding
+def test_low_rank_is_not_a_selection_of_units():
+    # Keeping k rows of a rank-k approximation is, at widths where k reaches the matrix's
+    # rank, keeping k of the teacher's own rows: a selection of units in disguise. A
+    # factorisation keeps every unit and inserts a bottleneck instead.
+    torch.manual_seed(0)
+    teacher = kdlib.mlp(784, [120, 120], 10)  # the notebook's shapes, scaled down 10×
+    student = low_rank(teacher, 26)
+    assert [n for n, m in student.named_modules() if isinstance(m, nn.Linear)] == [
+        "fc1.down", "fc1.up", "fc2.down", "fc2.up", "fc3",
+    ]  # fmt: skip
+    assert student.fc1.up.out_features == 120  # every unit kept
+    picked = inherit(kdlib.mlp(784, [26, 26], 10), teacher, "top-units")
+    x = torch.randn(64, 784)
+    assert (student(x) - picked(x)).abs().max() > 1e-2
+    assert kdlib.count_params(student) < kdlib.count_params(teacher)
+    # at the rank of a full matrix the factorisation would be the teacher itself
+    full = low_rank(kdlib.mlp(30, [20], 10), 6, layers=["fc1"])  # 6 < 30·20/50 = 12
+    assert torch.linalg.matrix_rank(full.fc1.up.weight @ full.fc1.down.weight) == 6
+
+
+def test_low_rank_leaves_the_teacher_untouched_and_trains(small, wide):
+    before = {k: v.clone() for k, v in wide.state_dict().items()}
+    student = low_rank(wide, 16)
+    for k, v in wide.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert all(p.requires_grad for p in student.parameters())
+    assert not any(
+        p.data_ptr() == q.data_ptr() for p in student.parameters() for q in wide.parameters()
+    )
+    X = small.X_test
+    assert kdlib.agreement(student, wide, X) > 0.5  # a rank-16 copy already agrees
+    hist = distill_params(student, wide, small, None, epochs=2, seed=0, progress=False)
+    assert hist.last("kl_teacher") < hist.info["init_kl"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"rank": 0}, "rank must be a positive integer, got 0"),
+        ({"rank": 2.5}, "rank must be a positive integer"),
+        ({"rank": True}, "rank must be a positive integer"),
+        ({"rank": 4, "layers": ["fc9"]}, "no layer named 'fc9'"),
+        ({"rank": 4, "layers": ["act1"]}, "factorises nn.Linear layers; 'act1' is .*ReLU"),
+        ({"rank": 10, "layers": ["fc3"]}, r"would not make layer 'fc3' \(128→10\) smaller"),
+        ({"rank": 500}, "makes none of the teacher's Linear layers smaller"),
+    ],
+)
+def test_low_rank_bad_input(wide, kwargs, error):
+    with pytest.raises(ValueError, match=error):
+        low_rank(wide, **kwargs)
+
+
+def test_a_student_as_wide_as_its_teacher_is_the_teacher(small, wide):
+    student = inherit(kdlib.mlp(784, [128, 128], 10), wide, "top-units")
     torch.testing.assert_close(
         kdlib.predict(student, small.X_test), kdlib.predict(wide, small.X_test), atol=1e-4, rtol=0
     )
@@ -154,7 +218,7 @@ def test_distill_params_stops_when_still_and_says_so(small, wide):
 
 
 def test_distill_params_runs_to_max_epochs_when_tol_is_tiny(small, wide):
-    hist = distill_params(_student_for("svd"), wide, small, "svd", epochs=2, tol=1e-9,
+    hist = distill_params(_student_for("top-units"), wide, small, "top-units", epochs=2, tol=1e-9,
                           progress=False)  # fmt: skip
     assert hist.stop_reason == "max_epochs" and hist.epochs == 2
     assert len(hist["param_change"]) == 2
@@ -170,7 +234,7 @@ def test_distill_params_keeps_or_improves_the_inherited_student(small, wide):
 # Bad input gets a clear error
 def test_unknown_strategy(wide):
     with pytest.raises(ValueError, match="unknown strategy 'random'.*top-units"):
-        inherit(_student_for("svd"), wide, "random")
+        inherit(_student_for("top-units"), wide, "random")
 
 
 def test_student_wider_than_teacher_names_the_layers(wide):
@@ -182,7 +246,7 @@ def test_student_wider_than_teacher_names_the_layers(wide):
 
 def test_depth_mismatch_names_the_layers(wide, deep):
     with pytest.raises(ValueError, match=r"student has 5 Linear layers \(fc1, .*fc5\)"):
-        inherit(kdlib.mlp(784, [32] * 4, 10), wide, "svd")
+        inherit(kdlib.mlp(784, [32] * 4, 10), wide, "top-units")
     with pytest.raises(ValueError, match="at least as deep as the student"):
         inherit(kdlib.mlp(784, [32] * 6, 10), deep, "every-other-layer")
 
@@ -213,4 +277,4 @@ def test_non_mlp_is_refused(wide):
 
 def test_bad_tol(small, wide):
     with pytest.raises(ValueError, match="tol must be a number > 0"):
-        distill_params(_student_for("svd"), wide, small, "svd", tol=0)
+        distill_params(_student_for("top-units"), wide, small, "top-units", tol=0)

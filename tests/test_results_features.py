@@ -20,6 +20,7 @@ def short_run():
         methods=results.feature_methods(),
         teachers={"cnn-teacher": teacher.eval()},
         student=results.FEATURE_STUDENT,
+        reference="cnn-teacher",
     )
     return runs, teacher_acc
 

@@ -106,21 +106,21 @@ def test_alpha_T_explorer_looks_runs_up():
 def test_strategy_picker_shows_each_strategy():
     hists = {
         "top-units": _hist([0.95, 0.955], init_acc=0.947, tol=2e-3),
-        "svd": _hist([0.94, 0.95, 0.951], init_acc=0.946, tol=2e-3),
+        "low-rank": _hist([0.94, 0.95, 0.951], init_acc=0.946, tol=2e-3),
     }
-    hists["svd"].stop_reason = "converged: parameter change 1.0e-03 < tol 0.002"
+    hists["low-rank"].stop_reason = "converged: parameter change 1.0e-03 < tol 0.002"
     box = widgets.strategy_picker(hists, reference=0.947)
     assert box.picker.description == "strategy" and box.state["strategy"] == "top-units"
-    box.picker.value = "svd"
-    assert box.state["history"] is hists["svd"]
+    box.picker.value = "low-rank"
+    assert box.state["history"] is hists["low-rank"]
     assert box.state["line"] == (
-        "svd: 94.6% before training, 95.1% after 3 epochs | stop: converged: parameter "
+        "low-rank: 94.6% before training, 95.1% after 3 epochs | stop: converged: parameter "
         "change 1.0e-03 < tol 0.002"
     )
     assert _shown(box) == box.state["line"] + "\n"
     acc_axes = box.figure.axes[0]
-    svd_line = next(line for line in acc_axes.lines if line.get_label() == "svd")
-    assert list(svd_line.get_ydata()) == pytest.approx([94.6, 94.0, 95.0, 95.1])
+    lr_line = next(line for line in acc_axes.lines if line.get_label() == "low-rank")
+    assert list(lr_line.get_ydata()) == pytest.approx([94.6, 94.0, 95.0, 95.1])
     with pytest.raises(ValueError, match="at least one history"):
         widgets.strategy_picker({})
 
