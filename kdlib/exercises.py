@@ -33,7 +33,7 @@ EXERCISES_DIR = Path(__file__).resolve().parent.parent / "exercises"
 _BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION[ \t]*$")
 _END = re.compile(r"^[ \t]*### END SOLUTION[ \t]*$")
 _HINT = re.compile(r"^[ \t]*#[ \t]*(?P<hint>Hint:.*\S)[ \t]*$")
-_LINE = 79  # notebook code cells fit a projector (STYLE.md), as ruff format keeps them
+_LINE = 79  # notebook code cells fit a projector, as ruff format keeps them
 # Cell metadata that only describes a past run.
 _RUN_METADATA = ("execution", "collapsed", "scrolled")
 

@@ -312,7 +312,7 @@ BETA_DEFAULTS: dict[str, float] = {"hint": 1.0, "at": 1.0, "cosine": 1.0}
 
 
 def _layer(name, model: nn.Module, role: str) -> str:
-    """Accept ``"stage2"`` or ``"student.stage2"`` / ``"teacher.stage2"`` as in the issue."""
+    """Accept ``"stage2"``, or ``"student.stage2"`` / ``"teacher.stage2"`` with its role."""
     if not isinstance(name, str):
         raise TypeError(f"pairs must map layer names to layer names, got {name!r}")
     known = dict(model.named_modules(remove_duplicate=False))

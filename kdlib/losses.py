@@ -3,7 +3,7 @@
 Logit losses (Ba & Caruana 2014; Hinton et al. 2015): MSE logit matching, the soft-target KL
 with temperature, its cross-entropy twin, and the combined hard + soft losses. Feature losses
 (FitNets hints, attention transfer, cosine matching) live in their own section below. The
-formulas are the ones stated once in the course's DESIGN.md; ``tests/test_losses.py`` holds
+formulas are stated in each docstring and in the course's notebooks; ``tests/test_losses.py`` holds
 the code to them. Argument order is always ``student_logits, teacher_logits`` (then labels).
 Every function checks its inputs and raises ``ValueError`` naming the problem: a non-positive
 ``T``, an ``alpha`` outside [0, 1], logits of different shapes, NaN/inf logits (with the rows
@@ -313,7 +313,7 @@ def mse_kd_loss(
     lam: float = 1.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    r"""The seed articles' :math:`L = L_\text{labels} + \lambda \cdot L_\text{match}`, done right.
+    r"""A common tutorial loss, :math:`L_\text{labels} + \lambda \cdot L_\text{match}`, done right.
 
     .. math::
         \ell_n = -\log \mathrm{softmax}(z^s_n)_{y_n}

@@ -280,7 +280,7 @@ L1 = lambda w: w.abs().sum(1)  # noqa: E731
 PROD = lambda w1, w2: w1.norm(dim=1) * w2.norm(dim=0)  # noqa: E731
 
 CLASSIC_MISTAKES = [
-    # soft-target loss: the three, and their neighbours
+    # soft-target loss: the three classic mistakes, and their neighbours
     ("soft_target_loss", lambda s, t, T: _kl(s, t, T), "divided by T²"),
     (
         "soft_target_loss",
@@ -345,7 +345,7 @@ CLASSIC_MISTAKES = [
     ("soften", lambda z, T: torch.softmax(z / T, 0), "dim=1"),
     ("soften", lambda z, T: torch.exp(z / T) / torch.exp(z / T).sum(1, keepdim=True), "overflow"),
     ("soften", _in_place_soften, "in place"),
-    # magnitude mask: the classic, and the others
+    # magnitude mask: the classic mistake, and the others
     ("magnitude_mask", _mask_smallest_kept, "keeps the smallest weights"),
     ("magnitude_mask", lambda w, a: _mask(w, a, count=int), "round(amount · n)"),
     ("magnitude_mask", lambda w, a: _mask(w, a, key=lambda v: v), "magnitude |w|"),
