@@ -68,18 +68,18 @@ test-fast: setup
 # Some of them only: make notebooks NOTEBOOKS="notebooks/07_*.ipynb notebooks/08_*.ipynb"
 NOTEBOOKS ?= notebooks/*.ipynb
 notebooks: setup
-	cache=$$(mktemp -d) && $(NB_ENV) KDLIB_CACHE=$$cache $(PY) -m kdlib.notebooks $(NOTEBOOKS); \
+	cache=$$(mktemp -d) && $(NB_ENV) KDLIB_CACHE=$$cache $(PY) -m kdlib.course.notebooks $(NOTEBOOKS); \
 	rc=$$?; rm -rf "$$cache"; exit $$rc
 
 # Student versions of the exercises (exercises/NN_*.ipynb) from their sources (answer keys).
 exercises: setup
-	$(PY) -m kdlib.exercises
+	$(PY) -m kdlib.course.exercises
 
 bench: setup
 	$(PY) -m benchmarks
 
 results: setup
-	$(PY) -m kdlib.results all
+	$(PY) -m kdlib.course.results all
 
 lint: setup
 	$(VENV)/bin/ruff check .

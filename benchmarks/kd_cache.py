@@ -21,7 +21,7 @@ def _epoch_seconds(hist) -> float:
 
 def main(epochs: int = 3, rounds: int = 5, preset: str = "hinton-student") -> float:
     data = kdlib.load("mnist-5k")
-    teacher = kdlib.trained_teacher(data, progress=False)
+    teacher = kdlib.course.trained_teacher(data, progress=False)
     common = dict(epochs=epochs, lr=1e-3, evaluate_every=0, progress=False, device="cpu")
     times: dict[str, list[float]] = {"plain fit": [], "KD, cached logits": []}
     cache_seconds = []
@@ -39,7 +39,7 @@ def main(epochs: int = 3, rounds: int = 5, preset: str = "hinton-student") -> fl
     plain = statistics.median(times["plain fit"])
     cached = statistics.median(times["KD, cached logits"])
     cache = statistics.median(cache_seconds)
-    recipe_epochs = kdlib.RECIPES[preset].epochs
+    recipe_epochs = kdlib.course.RECIPES[preset].epochs
     print(
         f"\n## KD with cached teacher logits vs plain training ({preset}, cnn-teacher, "
         f"{epochs} epochs × {rounds} rounds)"

@@ -23,12 +23,14 @@ def main(presets=("cnn-teacher", "hinton-student"), seeds=(0, 1, 2)) -> dict:
         accs, secs = [], []
         for seed in seeds:
             t0 = time.perf_counter()
-            _, hist = kdlib.train_preset(name, data, seed=seed, progress=False, device="cpu")
+            _, hist = kdlib.course.train_preset(
+                name, data, seed=seed, progress=False, device="cpu"
+            )
             secs.append(time.perf_counter() - t0)
             accs.append(100 * hist.last("test_acc"))
         mean, std = statistics.mean(accs), statistics.stdev(accs)
         print(
-            f"  {name:<16}{kdlib.RECIPES[name].epochs:>7}{mean:>13.1f} ± {std:.1f} %"
+            f"  {name:<16}{kdlib.course.RECIPES[name].epochs:>7}{mean:>13.1f} ± {std:.1f} %"
             f"{statistics.mean(secs):>14.1f} s"
         )
         out[name] = (mean, std, statistics.mean(secs))

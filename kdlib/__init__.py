@@ -1,11 +1,15 @@
 """kdlib: the small library behind the course on knowledge distillation and pruning.
 
-One topic per module: ``data``, ``models``, ``train``, ``metrics`` (and, as the course grows,
-``losses``, ``distill``, ``params``, ``features``, ``prune``, ``viz``, ``widgets``, ``checks``,
-``grade``). What the notebooks use is re-exported here.
+One topic per module: ``data``, ``models``, ``train`` (and ``parallel``, its multi-process and
+mixed-precision side), ``metrics``, ``losses``, ``distill``, ``features``, ``params``, ``prune``
+and ``guards``. Their public functions are re-exported here.
+
+The course's own machinery (trained teachers and their cache, results tables, plots, widgets,
+exercise checkers, the grader, the notebook runner) lives in :mod:`kdlib.course`, which
+``import kdlib`` does not load: ``kdlib.course`` is imported on first use.
 """
 
-from . import checks, guards, parallel
+from . import guards, parallel
 from .data import Dataset, DownloadError, batches, known_datasets, load
 from .distill import (
     LOSS_NAMES,
@@ -77,17 +81,13 @@ from .prune import (
     structured_prune,
     unit_norms,
 )
-from .recipes import RECIPES, Recipe, train_preset, trained_teacher
 from .train import History, evaluate, fit, get_device, predict, seed_everything
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "checks",
     "parallel",
     "guards",
-    "viz",
-    "widgets",
     # data
     "Dataset",
     "DownloadError",
@@ -99,11 +99,6 @@ __all__ = [
     "mlp",
     "model",
     "presets",
-    # recipes
-    "RECIPES",
-    "Recipe",
-    "train_preset",
-    "trained_teacher",
     # train
     "History",
     "evaluate",
@@ -183,10 +178,10 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # matplotlib and ipywidgets take a while to import: load the plotting and widget modules
-    # on first use (kdlib.viz, kdlib.widgets), so scripts, tests and the grader start faster.
-    if name in ("viz", "widgets"):
+    # The course's machinery loads on first use (kdlib.course), so `import kdlib` stays the
+    # library: no plotting, widget or grading modules in a script that only trains.
+    if name == "course":
         import importlib
 
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(".course", __name__)
     raise AttributeError(f"module 'kdlib' has no attribute {name!r}")

@@ -301,7 +301,7 @@ def distill(
 
     Example:
         >>> data = kdlib.load("mnist-5k")
-        >>> teacher = kdlib.trained_teacher(data)
+        >>> teacher = kdlib.course.trained_teacher(data)
         >>> student = kdlib.model("hinton-student", seed=0)
         >>> hist = distill(student, teacher, data, loss="kd", T=4, alpha=0.9, epochs=5)
         >>> hist.info["teacher_logits"], hist.last("agreement") > 0.9

@@ -222,7 +222,7 @@ def attention_maps(
 
     :func:`kdlib.losses.attention_map` of the layer's feature maps, reshaped to the layer's
     height and width: each map is ``mean_c |F_c|^p`` scaled to unit length. Eval mode, no
-    autograd; :func:`kdlib.viz.attention_grid` draws them.
+    autograd; :func:`kdlib.course.viz.attention_grid` draws them.
 
     Shape:
         X: ``(N, C, H, W)``; output ``(N, h, w)``, the layer's spatial size.
@@ -436,7 +436,7 @@ def distill_features(
             :func:`~kdlib.distill.distill` refuses (teacher is the student, bad T/alpha, ...).
 
     Example:
-        >>> teacher = kdlib.trained_teacher(data)
+        >>> teacher = kdlib.course.trained_teacher(data)
         >>> student = kdlib.model("cnn-thin", seed=0)
         >>> hist = distill_features(student, teacher, data, {"stage2": "stage2"}, "hint",
         ...                         epochs=10, lr=3e-3, method="fitnets", hint_epochs=2)

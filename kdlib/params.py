@@ -192,7 +192,7 @@ def inherit(
             different shapes for ``"every-other-layer"``); the message names the layers.
 
     Example:
-        >>> teacher = kdlib.trained_teacher(data, preset="hinton-teacher")
+        >>> teacher = kdlib.course.trained_teacher(data, preset="hinton-teacher")
         >>> student = inherit(kdlib.model("hinton-student"), teacher, "top-units")
         >>> kdlib.agreement(student, teacher, data.X_test) > 0.9
         True

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdlib
-from kdlib import parallel, run
+from kdlib import parallel
+from kdlib.course import run
 
 
 def _hint(config: Path):

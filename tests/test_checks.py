@@ -1,5 +1,5 @@
-"""kdlib.checks: each checker passes the solution source, fails the student stub with its hint,
-recognises the classic wrong answers, and never crashes on what a learner's code does."""
+"""kdlib.course.checks: each checker passes the solution source, fails the student stub with its
+hint, recognises the classic wrong answers, and never crashes on what a learner's code does."""
 
 import contextlib
 import copy
@@ -14,9 +14,9 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 import kdlib
-from kdlib import checks
-from kdlib.checks import CHALLENGE, EXERCISES, CheckResult
-from kdlib.exercises import EXERCISES_DIR
+from kdlib.course import checks
+from kdlib.course.checks import CHALLENGE, EXERCISES, CheckResult
+from kdlib.course.exercises import EXERCISES_DIR
 
 FUNCTION_EXERCISES = [i for i, ex in EXERCISES.items() if ex.kind == "function"]
 ANSWER_EXERCISES = [i for i, ex in EXERCISES.items() if ex.kind == "answer"]

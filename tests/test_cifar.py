@@ -172,4 +172,4 @@ def test_cifar_presets_are_a_teacher_and_a_much_smaller_student():
     names = dict(teacher.named_children())
     assert {"stage1", "stage2", "stage3", "head"} <= names.keys()
     for name in ("cifar-teacher", "cifar-student"):
-        assert name in kdlib.RECIPES
+        assert name in kdlib.course.RECIPES

@@ -1,4 +1,4 @@
-"""kdlib.exercises: student versions are generated from the sources and are current."""
+"""kdlib.course.exercises: student versions are generated from the sources and are current."""
 
 import re
 
@@ -6,9 +6,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from kdlib import exercises
-from kdlib.checks import EXERCISES
-from kdlib.exercises import EXERCISES_DIR, render, stale, strip_solutions, student_version
+from kdlib.course import exercises
+from kdlib.course.checks import EXERCISES
+from kdlib.course.exercises import EXERCISES_DIR, render, stale, strip_solutions, student_version
 
 SOURCES = sorted((EXERCISES_DIR / "source").glob("*.ipynb"))
 

@@ -167,15 +167,15 @@ def test_attention_maps_are_the_normalised_channel_mean_of_squares(net, small):
 def test_attention_grid_draws_one_row_per_image_and_one_column_per_map(net, small):
     X, y = small.X_test[:3], small.y_test[:3]
     maps = {"before": attention_maps(net, X, "stage2"), "stage1": attention_maps(net, X, "stage1")}
-    fig = kdlib.viz.attention_grid(X, maps, data=small, labels=y)
+    fig = kdlib.course.viz.attention_grid(X, maps, data=small, labels=y)
     assert len(fig.axes) == 3 * 3
     assert [ax.get_title() for ax in fig.axes[:3]] == ["input", "before", "stage1"]
     assert fig.axes[4].images[0].get_array().shape == (7, 7)
     plt.close(fig)
     with pytest.raises(ValueError, match="maps is empty"):
-        kdlib.viz.attention_grid(X, {})
+        kdlib.course.viz.attention_grid(X, {})
     with pytest.raises(ValueError, match=r"maps\['x'\] must have shape \(3, h, w\)"):
-        kdlib.viz.attention_grid(X, {"x": torch.zeros(2, 7, 7)})
+        kdlib.course.viz.attention_grid(X, {"x": torch.zeros(2, 7, 7)})
 
 
 # ---------------------------------------------------------------------------- projectors
@@ -218,7 +218,7 @@ def test_projector_refuses_features_of_different_ranks():
 def teacher(small):
     # A briefly trained teacher with batch norm, put in train mode so that any forgotten
     # eval() or no_grad() would show up as changed running statistics or flags.
-    t, _ = kdlib.train_preset("cnn-teacher", small, seed=1, epochs=2, progress=False)
+    t, _ = kdlib.course.train_preset("cnn-teacher", small, seed=1, epochs=2, progress=False)
     t.stage1.conv.weight.requires_grad_(False)  # a flag distillation must restore as it was
     for p in t.parameters():
         p.grad = None  # left over from its own training

@@ -1,4 +1,4 @@
-"""kdlib.grade: scores submissions in fresh kernels, survives broken ones, never edits them.
+"""kdlib.course.grade: scores submissions in fresh kernels, survives broken ones, never edits them.
 
 The fixture submissions are made in tmp_path from exercise 02 (the cheapest notebook): a full
 solution, the untouched student version, and notebooks that raise, loop forever, have syntax
@@ -20,9 +20,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell
 
-from kdlib import grade, sandbox
-from kdlib.checks import CHALLENGE
-from kdlib.exercises import EXERCISES_DIR
+from kdlib.course import grade, sandbox
+from kdlib.course.checks import CHALLENGE
+from kdlib.course.exercises import EXERCISES_DIR
 
 SOURCE = EXERCISES_DIR / "source" / "02_soft_targets.ipynb"
 STUDENT = EXERCISES_DIR / "02_soft_targets.ipynb"
@@ -406,7 +406,7 @@ def _attacks(folder, keys, reports, marker):
     key_file = keys / "02_soft_targets.ipynb"
     attacks = {
         "replaced-check-exercise": (
-            "import kdlib.checks as c\n"
+            "import kdlib.course.checks as c\n"
             "def forged(exercise_id, namespace, quiet=True):\n"
             "    return c.CheckResult(exercise_id, True, 5, 5)\n"
             "c.check_exercise = forged\n"
@@ -635,7 +635,7 @@ def test_without_bubblewrap_it_grades_anyway_and_says_what_is_not_enforced(
     forged = _write(
         tmp_path / "mallory_02_soft_targets.ipynb",
         _hostile(
-            "import kdlib.checks as c\n"
+            "import kdlib.course.checks as c\n"
             "c.check_exercise = lambda *a, **k: c.CheckResult('soften', True, 5, 5)\n"
         ),
     )

@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kdlib
-from kdlib import parallel, run
+from kdlib import parallel
+from kdlib.course import run
 
 HERE = Path(__file__).parent
 

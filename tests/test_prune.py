@@ -466,13 +466,13 @@ def test_iterative_lenet_keeps_under_a_tenth_within_half_a_point():
     """The issue's target, as the results command runs it: LeNet-300-100 on mnist-5k keeps
     ≤ 10% of its weights after iterative pruning, mean test accuracy over 3 seeds within
     0.5 points of the dense models."""
-    from kdlib.results import ITERATIVE, PRUNE_MODEL
+    from kdlib.course.results import ITERATIVE, PRUNE_MODEL
 
     data = kdlib.load("mnist-5k")
-    lr = kdlib.RECIPES[PRUNE_MODEL].lr
+    lr = kdlib.course.RECIPES[PRUNE_MODEL].lr
     dense_acc, pruned_acc, kept = [], [], []
     for seed in (0, 1, 2):
-        net = kdlib.trained_teacher(data, seed=seed, preset=PRUNE_MODEL)
+        net = kdlib.course.trained_teacher(data, seed=seed, preset=PRUNE_MODEL)
         dense_acc.append(kdlib.evaluate(net, data)["accuracy"])
         hist = prune.iterative_prune(net, data, 0.92, lr=lr, seed=seed, **ITERATIVE)
         pruned_acc.append(hist.last("test_acc"))

@@ -1,5 +1,5 @@
 """The README agrees with the course: its map lists every notebook, and its summary table's
-seed-0 entries are the numbers notebook 09 prints (both come from kdlib.results)."""
+seed-0 entries are the numbers notebook 09 prints (both come from kdlib.course.results)."""
 
 import json
 import re

@@ -1,5 +1,5 @@
-"""kdlib.record: what the sandbox records is data only, and replaying it to the checker in the
-grader's process gives the verdict the checker gives on the learner's function itself."""
+"""kdlib.course.record: what the sandbox records is data only, and replaying it to the checker in
+the grader's process gives the verdict the checker gives on the learner's function itself."""
 
 import contextlib
 import copy
@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdlib
-from kdlib.checks import EXERCISES, check_exercise
-from kdlib.record import RecordError, record_exercise, replay_exercise
+from kdlib.course.checks import EXERCISES, check_exercise
+from kdlib.course.record import RecordError, record_exercise, replay_exercise
 
 
 def _kl(s, t, T):

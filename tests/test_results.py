@@ -1,4 +1,5 @@
-"""kdlib.results: the distill table on a short budget (loose checks), helpers, the command."""
+"""kdlib.course.results: the distill table on a short budget (loose checks), helpers, the
+command."""
 
 import dataclasses
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 import kdlib
-from kdlib import results
+from kdlib.course import results
 
 PARAMS_ROWS = ("params: top-units", f"params: low-rank (r={results.LOW_RANK})",
                "params: every-other-layer")  # fmt: skip

@@ -1,11 +1,12 @@
-"""kdlib.results' features section: its rows on a short budget, and the verdict logic by hand."""
+"""kdlib.course.results' features section: its rows on a short budget, and the verdict logic by
+hand."""
 
 import argparse
 
 import pytest
 
 import kdlib
-from kdlib import results
+from kdlib.course import results
 
 
 @pytest.fixture(scope="module")

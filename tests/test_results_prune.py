@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kdlib
-from kdlib import results
+from kdlib.course import results
 
 
 @pytest.fixture(scope="module")

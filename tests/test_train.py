@@ -134,33 +134,33 @@ def test_fit_refuses_wrong_output_size(small):
 
 def test_trained_teacher_is_cached(small, tmp_path, monkeypatch):
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path))
-    monkeypatch.setitem(kdlib.RECIPES, "cnn-thin", kdlib.Recipe(epochs=1, lr=3e-3))
-    a = kdlib.trained_teacher(small, preset="cnn-thin", progress=False)
+    monkeypatch.setitem(kdlib.course.RECIPES, "cnn-thin", kdlib.course.Recipe(epochs=1, lr=3e-3))
+    a = kdlib.course.trained_teacher(small, preset="cnn-thin", progress=False)
     assert len(list((tmp_path / "teachers").glob("*.pt"))) == 1
-    b = kdlib.trained_teacher(small, preset="cnn-thin", progress=False)
+    b = kdlib.course.trained_teacher(small, preset="cnn-thin", progress=False)
     assert torch.equal(kdlib.predict(a, small.X_test), kdlib.predict(b, small.X_test))
     assert b.history.last("test_acc") == a.history.last("test_acc")
     with pytest.raises(ValueError, match="no recipe for preset 'nope'"):
-        kdlib.trained_teacher(small, preset="nope")
+        kdlib.course.trained_teacher(small, preset="nope")
 
 
 def test_teacher_cache_tells_splits_apart(tmp_path, monkeypatch):
     # Same name, same sizes, another split: a cached teacher of split 0 has seen split 1's
     # test images, so it must not be handed out for split 1.
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path))
-    monkeypatch.setitem(kdlib.RECIPES, "tiny", kdlib.Recipe(epochs=1, lr=3e-3))
+    monkeypatch.setitem(kdlib.course.RECIPES, "tiny", kdlib.course.Recipe(epochs=1, lr=3e-3))
     split0, split1 = kdlib.load("digits", seed=0), kdlib.load("digits", seed=1)
     assert split0.name == split1.name and len(split0.X_train) == len(split1.X_train)
-    kdlib.trained_teacher(split0, preset="tiny", progress=False)
-    kdlib.trained_teacher(kdlib.load("digits", seed=0), preset="tiny", progress=False)
+    kdlib.course.trained_teacher(split0, preset="tiny", progress=False)
+    kdlib.course.trained_teacher(kdlib.load("digits", seed=0), preset="tiny", progress=False)
     assert len(list((tmp_path / "teachers").glob("*.pt"))) == 1  # same data: a cache hit
-    kdlib.trained_teacher(split1, preset="tiny", progress=False)
+    kdlib.course.trained_teacher(split1, preset="tiny", progress=False)
     assert len(list((tmp_path / "teachers").glob("*.pt"))) == 2  # another split: trained
     # One changed label is another data set too.
     y = split0.y_train.clone()
     y[0] = (y[0] + 1) % 10
     relabelled = dataclasses.replace(split0, y_train=y)
-    kdlib.trained_teacher(relabelled, preset="tiny", progress=False)
+    kdlib.course.trained_teacher(relabelled, preset="tiny", progress=False)
     assert len(list((tmp_path / "teachers").glob("*.pt"))) == 3
 
 
@@ -168,22 +168,22 @@ def test_teacher_cache_tells_threads_cpu_kernels_and_torch_builds_apart(tmp_path
     # A teacher trained with 1 thread differs in its last digits from one trained with 2, and
     # so does everything printed downstream: each setting gets its own file.
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path))
-    monkeypatch.setitem(kdlib.RECIPES, "tiny", kdlib.Recipe(epochs=1, lr=3e-3))
+    monkeypatch.setitem(kdlib.course.RECIPES, "tiny", kdlib.course.Recipe(epochs=1, lr=3e-3))
     data = kdlib.load("digits")
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        kdlib.trained_teacher(data, preset="tiny", progress=False)
+        kdlib.course.trained_teacher(data, preset="tiny", progress=False)
         torch.set_num_threads(2)
-        kdlib.trained_teacher(data, preset="tiny", progress=False)
+        kdlib.course.trained_teacher(data, preset="tiny", progress=False)
         assert len(list((tmp_path / "teachers").glob("*.pt"))) == 2
-        kdlib.trained_teacher(data, preset="tiny", progress=False)  # same setting: a hit
+        kdlib.course.trained_teacher(data, preset="tiny", progress=False)  # same setting: a hit
         assert len(list((tmp_path / "teachers").glob("*.pt"))) == 2
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "SSE41")  # other CPU kernels
-        kdlib.trained_teacher(data, preset="tiny", progress=False)
+        kdlib.course.trained_teacher(data, preset="tiny", progress=False)
         assert len(list((tmp_path / "teachers").glob("*.pt"))) == 3
         monkeypatch.setattr(torch, "__version__", "9.9.9+other")
-        kdlib.trained_teacher(data, preset="tiny", progress=False)
+        kdlib.course.trained_teacher(data, preset="tiny", progress=False)
         assert len(list((tmp_path / "teachers").glob("*.pt"))) == 4
     finally:
         torch.set_num_threads(threads)
@@ -192,9 +192,9 @@ def test_teacher_cache_tells_threads_cpu_kernels_and_torch_builds_apart(tmp_path
 @pytest.mark.parametrize("junk", [b"", b"not a torch file", "truncate"])
 def test_an_unreadable_cached_teacher_is_a_miss_with_a_warning(tmp_path, monkeypatch, junk):
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path))
-    monkeypatch.setitem(kdlib.RECIPES, "tiny", kdlib.Recipe(epochs=1, lr=3e-3))
+    monkeypatch.setitem(kdlib.course.RECIPES, "tiny", kdlib.course.Recipe(epochs=1, lr=3e-3))
     data = kdlib.load("digits")
-    good = kdlib.trained_teacher(data, preset="tiny", progress=False)
+    good = kdlib.course.trained_teacher(data, preset="tiny", progress=False)
     (path,) = (tmp_path / "teachers").glob("*.pt")
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) // 2] if junk == "truncate" else junk)
@@ -202,7 +202,7 @@ def test_an_unreadable_cached_teacher_is_a_miss_with_a_warning(tmp_path, monkeyp
     with pytest.raises(Exception):  # noqa: B017
         torch.load(path, weights_only=True)
     with pytest.warns(RuntimeWarning, match="unreadable cached teacher.*training it again"):
-        again = kdlib.trained_teacher(data, preset="tiny", progress=False)
+        again = kdlib.course.trained_teacher(data, preset="tiny", progress=False)
     assert torch.equal(kdlib.predict(again, data.X_test), kdlib.predict(good, data.X_test))
     stored = torch.load(path, weights_only=True)["state_dict"]  # replaced by a good file
     assert all(torch.equal(v, good.state_dict()[k]) for k, v in stored.items())

@@ -1,4 +1,4 @@
-"""kdlib.viz: what the plots draw, read back from the matplotlib objects."""
+"""kdlib.course.viz: what the plots draw, read back from the matplotlib objects."""
 
 import matplotlib
 
@@ -16,7 +16,7 @@ def test_pareto_draws_every_row_and_the_front_as_a_staircase():
         {"name": "pruned + KD", "bytes": 27_000, "acc": 0.966, "std": 0.002},
         {"name": "wide MLP", "bytes": 5_000_000, "acc": 0.97, "std": 0.003},
     ]
-    ax = kdlib.viz.pareto(rows, "bytes", "acc", label="name", yerr="std")
+    ax = kdlib.course.viz.pareto(rows, "bytes", "acc", label="name", yerr="std")
     front = kdlib.pareto_front(rows, "bytes", "acc")
     (step,) = [line for line in ax.lines if line.get_label() == "Pareto front"]
     assert list(step.get_xdata()) == [r["bytes"] for r in front] == [27_000, 400_000]
@@ -34,4 +34,4 @@ def test_pareto_rejects_rows_without_the_keys():
     import pytest
 
     with pytest.raises(ValueError, match=r"rows\[0\] has no key 'bytes'"):
-        kdlib.viz.pareto([{"method": "a", "accuracy": 0.9}])
+        kdlib.course.viz.pareto([{"method": "a", "accuracy": 0.9}])

@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import kdlib  # noqa: E402
-from kdlib import viz, widgets  # noqa: E402
+from kdlib.course import viz, widgets  # noqa: E402
 from kdlib.distill import DistillSweep  # noqa: E402
 from kdlib.train import History  # noqa: E402
 

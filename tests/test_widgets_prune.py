@@ -9,7 +9,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import kdlib  # noqa: E402
-from kdlib import prune, viz, widgets  # noqa: E402
+from kdlib import prune  # noqa: E402
+from kdlib.course import viz, widgets  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -129,7 +129,7 @@ def _read_only_paths() -> list[Path]:
         Path(sys.prefix).resolve(),
         Path(sysconfig.get_paths()["purelib"]).resolve(),
         Path(sysconfig.get_paths()["platlib"]).resolve(),
-        Path(__file__).resolve().parent,  # kdlib itself (an editable install points here)
+        Path(__file__).resolve().parents[1],  # kdlib itself (an editable install points here)
         Path(sys.executable).resolve().parent.parent,
     }
     system = {Path(p) for p in ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/lib32")}

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import parallel
-from .data import Dataset, cache_dir
-from .distill import random_shift
-from .models import model as build_model
-from .train import History, fit, get_device
+from .. import parallel
+from ..data import Dataset, cache_dir
+from ..distill import random_shift
+from ..models import model as build_model
+from ..train import History, fit, get_device
 
 __all__ = ["Recipe", "RECIPES", "train_preset", "trained_teacher"]
 

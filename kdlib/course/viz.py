@@ -440,7 +440,7 @@ def pareto(
     Returns:
         The matplotlib ``Axes``.
     """
-    from .metrics import pareto_front
+    from ..metrics import pareto_front
 
     front = pareto_front(rows, x, y)
     on_front = {id(r) for r in front}

@@ -15,7 +15,7 @@ checkers of questions (``check_t2_answer``, ``check_sparsity_answer``) take the 
 learner read off a printed result. Every checker
 returns a :class:`CheckResult`; :data:`EXERCISES` lists the exercises of the exercise
 notebooks with their checkers and points. The grader never trusts a verdict reached in a
-submission's kernel: :mod:`kdlib.record` records there what the learner's code returned and
+submission's kernel: :mod:`kdlib.course.record` records there what the learner's code returned and
 replays it to the same checker in the grader's own process.
 """
 
@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import losses as L
-from .data import load
-from .metrics import count_params
-from .params import inherit
-from .prune import agp_schedule, shrink, structured_prune
-from .train import predict
+from .. import losses as L
+from ..data import load
+from ..metrics import count_params
+from ..params import inherit
+from ..prune import agp_schedule, shrink, structured_prune
+from ..train import predict
 
 __all__ = [
     "CheckResult",
@@ -2272,14 +2272,14 @@ def check_cubic_schedule(fn: Callable, *, quiet: bool = False) -> CheckResult:
 # ============================================================================================
 # 09 the compression challenge
 # ============================================================================================
-# The open-ended exercise: compress the course's CNN teacher (kdlib.trained_teacher, trained
+# The open-ended exercise: compress the course's CNN teacher (kdlib.course.trained_teacher, trained
 # on all 4,000 training digits) into a model this small that is still this accurate, training
 # on a transfer set of the first 300 training digits only. The budget is set so that the
 # best small models trained from scratch on the transfer set fall short of the bar (measured
 # in the instructor guide): reaching it takes compression (pruning, distillation, or both).
 CHALLENGE: dict = {
     "data": "mnist-5k",  # scored on this set's 1,000 test digits
-    "teacher": "cnn-teacher",  # the starting point: kdlib.trained_teacher(data)
+    "teacher": "cnn-teacher",  # the starting point: kdlib.course.trained_teacher(data)
     "transfer": 300,  # the student trains on the first this many training digits only
     "max_params": 5_000,  # nonzero parameters (kdlib.count_params(model, nonzero=True))
     "min_accuracy": 0.95,  # test accuracy: the bar
@@ -2530,9 +2530,9 @@ def check_exercise(
     """Run exercise ``exercise_id``'s checker on what ``namespace`` defines for it.
 
     The grader calls this in its own process, with the learner's outputs replayed from the
-    submission's sandbox (:mod:`kdlib.record`). A name that is not defined (its cell deleted,
-    or failed before defining it) fails the exercise with that reason. Never raises for the
-    learner's code.
+    submission's sandbox (:mod:`kdlib.course.record`). A name that is not defined (its cell
+    deleted, or failed before defining it) fails the exercise with that reason. Never raises for
+    the learner's code.
     """
     if exercise_id not in EXERCISES:
         raise ValueError(f"unknown exercise {exercise_id!r}; known: {', '.join(EXERCISES)}")

@@ -1,4 +1,4 @@
-"""Grade exercise submissions: ``python -m kdlib.grade SUBMISSIONS... [--timeout S]
+"""Grade exercise submissions: ``python -m kdlib.course.grade SUBMISSIONS... [--timeout S]
 [--report out.json|out.csv] [--jobs N] [--memory MB]``.
 
 Grading is built so that a submission can neither forge its marks nor harm the batch.
@@ -6,15 +6,15 @@ Grading is built so that a submission can neither forge its marks nor harm the b
 1. **Snapshots first.** Before any student code runs, every submitted file and every answer key
    is read once, copied into the grader's private temporary folder and hashed (SHA-256).
    Everything after works from these snapshots; a submitted file is only ever read.
-2. **One sandbox per submission** (:mod:`kdlib.sandbox`): the notebook runs, cell by cell, in a
-   fresh kernel (``nbclient``) inside bubblewrap, with its own PID namespace, no network, a
+2. **One sandbox per submission** (:mod:`kdlib.course.sandbox`): the notebook runs, cell by cell,
+   in a fresh kernel (``nbclient``) inside bubblewrap, with its own PID namespace, no network, a
    read-only view of Python and kdlib only, and limits on memory, CPU time, processes and file
    size. A cell that raises (a syntax error included) is recorded and the next one runs; a cell
    that runs longer than ``--timeout`` seconds is interrupted; cells after
    ``--notebook-timeout`` seconds are not run; a sandbox still alive after all of that is
    killed with every process in it. Where bubblewrap is unavailable, the grader says loudly
    what is not enforced and grades anyway.
-3. **Verdicts outside the sandbox** (:mod:`kdlib.record`): in the kernel, each exercise's
+3. **Verdicts outside the sandbox** (:mod:`kdlib.course.record`): in the kernel, each exercise's
    checker calls the learner's function on its fixed inputs and only the outputs are written
    out, as data. The grader's own process replays them to the same checker and computes the
    verdict, so patching the checker, ``print`` or ``torch.allclose`` in the kernel changes
@@ -78,7 +78,7 @@ _MAX_PROBLEMS = 40  # problems kept from one sandbox's report
 class ExerciseScore:
     """One exercise of one submission."""
 
-    exercise: str  # exercise id, a key of kdlib.checks.EXERCISES
+    exercise: str  # exercise id, a key of kdlib.course.checks.EXERCISES
     passed: bool  # every check passed
     points: float  # points earned
     max_points: int  # points available
@@ -99,7 +99,7 @@ class Submission:
     problems: list[str] = field(default_factory=list)  # why points may be lost, and warnings
     seconds: float = 0.0  # time spent grading it
     sha256: str = ""  # of the submitted file, when it was snapshotted
-    sandboxed: bool = False  # ran under bubblewrap (see kdlib.sandbox)
+    sandboxed: bool = False  # ran under bubblewrap (see kdlib.course.sandbox)
     cpu_seconds: float = 0.0  # CPU time of its runner and kernel, as the sandbox measured it
 
 
@@ -247,7 +247,7 @@ def _missing_cells(nb, key) -> list[str]:
 def _grading_cell(exercise_id: str, out_dir: str) -> str:
     # A fresh import under an underscored name; whatever the kernel patched, only data leaves.
     return (
-        "from kdlib.record import record_exercise as _kdlib_record_exercise\n"
+        "from kdlib.course.record import record_exercise as _kdlib_record_exercise\n"
         f"_kdlib_record_exercise({exercise_id!r}, globals(), {out_dir!r})"
     )
 
@@ -328,7 +328,7 @@ def _execute(nb, exercise_ids: list[str], work: Path, out: Path, options: dict) 
     n_cells = len(nb.cells)
     # Warm-up first: torch and kdlib load before any timed cell, so a slow import on a busy
     # machine is never mistaken for the learner's code running too long.
-    warm = nbformat.v4.new_code_cell("import kdlib.checks, kdlib.record")
+    warm = nbformat.v4.new_code_cell("import kdlib.course.checks, kdlib.course.record")
     warm.metadata["kdlib_grader"] = "warm-up"
     grading = [nbformat.v4.new_code_cell(_grading_cell(i, str(out))) for i in exercise_ids]
     nb.cells.extend([warm, *grading])  # nbclient addresses cells by index in nb
@@ -473,7 +473,7 @@ def _run_sandboxed(
             + 60
         )
         outcome = sandbox.run(
-            [sys.executable, "-m", "kdlib.grade", "--inside", json.dumps(spec)],
+            [sys.executable, "-m", "kdlib.course.grade", "--inside", json.dumps(spec)],
             job,
             env=_kernel_env(options.jobs, job),
             limits=options.limits,
@@ -963,7 +963,7 @@ def write_report(rows: Sequence[Submission], path: str | os.PathLike, wall_secon
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m kdlib.grade",
+        prog="python -m kdlib.course.grade",
         description="Grade exercise notebooks: run each in a fresh kernel, score its exercises.",
     )
     parser.add_argument("submissions", nargs="+", help="notebooks, or folders of notebooks")

@@ -1,9 +1,9 @@
-"""Execute the course notebooks in place: ``python -m kdlib.notebooks notebooks/*.ipynb``.
+"""Execute the course notebooks in place: ``python -m kdlib.course.notebooks notebooks/*.ipynb``.
 
 ``make notebooks`` calls this to refresh every stored output in one step. Each notebook runs
 top to bottom in a fresh kernel (``nbclient``) from its own folder, and is written back only
 if every cell succeeded, so a failing run never leaves half-refreshed outputs behind. The
-grader (:mod:`kdlib.grade`) uses :func:`execute` too.
+grader (:mod:`kdlib.course.grade`) uses :func:`execute` too.
 """
 
 from __future__ import annotations

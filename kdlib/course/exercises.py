@@ -5,7 +5,7 @@ sits between a ``### BEGIN SOLUTION`` and a ``### END SOLUTION`` line, and the f
 the region is a one-line ``# Hint: ...`` comment. :func:`student_version` replaces every region
 by ``raise NotImplementedError("Hint: ...")`` at the region's indentation, clears all outputs
 and execution counts, and keeps cell ids (the grader compares them with the key's to spot
-deleted cells). ``python -m kdlib.exercises`` (what ``make exercises`` runs) writes
+deleted cells). ``python -m kdlib.course.exercises`` (what ``make exercises`` runs) writes
 ``exercises/NN_topic.ipynb`` for every source; ``--check`` writes nothing and lists the
 student versions that are out of date, which is how the test suite proves they are current.
 """
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 # The repository's exercises folder: student versions here, sources (answer keys) in source/.
-EXERCISES_DIR = Path(__file__).resolve().parent.parent / "exercises"
+EXERCISES_DIR = Path(__file__).resolve().parents[2] / "exercises"
 
 _BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION[ \t]*$")
 _END = re.compile(r"^[ \t]*### END SOLUTION[ \t]*$")
@@ -185,7 +185,7 @@ def generate(source_dir: Path | None = None, student_dir: Path | None = None) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m kdlib.exercises",
+        prog="python -m kdlib.course.exercises",
         description="Write the student versions of the exercise notebooks from their sources.",
     )
     parser.add_argument("--source", type=Path, default=EXERCISES_DIR / "source")

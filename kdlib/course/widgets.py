@@ -30,7 +30,7 @@ def sparsity_slider(model, sweep, layer: str = "fc1", value: float | None = None
 
     Moving the slider only looks things up (no pruning, no evaluation): the output shows
     ``sparsity … | test accuracy … | <layer> keeps … of … weights`` above
-    :func:`kdlib.viz.pruning_panel` (weight histogram and mask image of ``layer``).
+    :func:`kdlib.course.viz.pruning_panel` (weight histogram and mask image of ``layer``).
 
     Args:
         model: the unpruned model the sweep was made from (for ``layer``'s weights).
@@ -90,7 +90,7 @@ def schedule_explorer(s_i: float = 0.0, s_f: float = 0.9, n: int = 10, t0: int =
     """Sliders for :func:`kdlib.prune.agp_schedule`'s ``s_i``, ``s_f`` and ``n``.
 
     Each change shows the sparsity after the first pruning step and the step at which half
-    of the added sparsity is reached, above :func:`kdlib.viz.schedule_plot`. A bad
+    of the added sparsity is reached, above :func:`kdlib.course.viz.schedule_plot`. A bad
     combination (``s_f < s_i``) shows the schedule's own error message instead.
 
     Returns:
@@ -101,7 +101,7 @@ def schedule_explorer(s_i: float = 0.0, s_f: float = 0.9, n: int = 10, t0: int =
     import ipywidgets as widgets
     from matplotlib.figure import Figure
 
-    from .prune import agp_schedule
+    from ..prune import agp_schedule
 
     style = {"description_width": "40px"}
     s_i_w = widgets.FloatSlider(value=s_i, min=0, max=0.95, step=0.05, description="s_i")
@@ -201,7 +201,7 @@ def temperature_slider(
     """A slider labelled ``T`` over a teacher's softmax for one input (:func:`kdlib.soften`).
 
     Each move shows ``T = … | top classes: 7 62.1%, 9 14.0%, 4 8.2% | entropy … nats`` above
-    the input image (if given) and :func:`kdlib.viz.softmax_bars` at that ``T``.
+    the input image (if given) and :func:`kdlib.course.viz.softmax_bars` at that ``T``.
 
     Args:
         logits: ``(C,)`` the teacher's logits for one input.
@@ -220,7 +220,7 @@ def temperature_slider(
     import torch
     from matplotlib.figure import Figure
 
-    from .losses import soften
+    from ..losses import soften
 
     z = torch.as_tensor(logits).detach().cpu().flatten().double()
     if len(z) != len(classes):
@@ -275,7 +275,7 @@ def lambda_slider(sweep, value: float | None = None):
 
     Moving it only looks runs up: it shows the chosen run's final test accuracy, agreement
     and KL with the teacher, and every run's test accuracy per epoch with the chosen one
-    highlighted (:func:`kdlib.viz.history_curves`).
+    highlighted (:func:`kdlib.course.viz.history_curves`).
 
     Returns:
         ``ipywidgets.VBox([slider, output])`` with attributes ``slider``
@@ -318,7 +318,7 @@ def alpha_T_explorer(sweep, alpha: float | None = None, T: float | None = None):
 
     Moving either only looks the run up: it shows the run's final test accuracy, agreement
     and KL with the teacher, and the grid's accuracies as a heat map
-    (:func:`kdlib.viz.grid_heatmap`) with the chosen cell outlined.
+    (:func:`kdlib.course.viz.grid_heatmap`) with the chosen cell outlined.
 
     Returns:
         ``ipywidgets.VBox`` with attributes ``alpha`` and ``T`` (``SelectionSlider``),

@@ -1,11 +1,12 @@
 """Train or distill from a config on the command line, with ``python`` or with ``torchrun``.
 
-``python -m kdlib.run fit --config run.json`` trains a preset; ``python -m kdlib.run distill
---config run.json`` distills a teacher into it. Every knob is a field of :class:`RunConfig`
-(a JSON file sets any of them, ``--field value`` flags override the file). The same command
-runs data-parallel under ``torchrun --nproc_per_node=N -m kdlib.run ...``: each process joins
-the group (:func:`kdlib.parallel.setup`), :func:`kdlib.train.fit` does the rest, and only
-rank 0 prints and writes ``student.pt`` and ``history.json`` into ``out``.
+``python -m kdlib.course.run fit --config run.json`` trains a preset;
+``python -m kdlib.course.run distill --config run.json`` distills a teacher into it. Every
+knob is a field of :class:`RunConfig` (a JSON file sets any of them, ``--field value`` flags
+override the file). The same command runs data-parallel under
+``torchrun --nproc_per_node=N -m kdlib.course.run ...``: each process joins the group
+(:func:`kdlib.parallel.setup`), :func:`kdlib.train.fit` does the rest, and only rank 0 prints
+and writes ``student.pt`` and ``history.json`` into ``out``.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import parallel
-from .data import load
-from .models import model as build_model
-from .train import History, fit
+from .. import parallel
+from ..data import load
+from ..models import model as build_model
+from ..train import History, fit
 
 __all__ = ["RunConfig", "load_config", "main"]
 
@@ -112,7 +113,7 @@ def _parse_value(text: str):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m kdlib.run",
+        prog="python -m kdlib.course.run",
         description="Train (fit) or distill a preset from a config; works under torchrun.",
     )
     p.add_argument("command", choices=COMMANDS)
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> tuple[nn.Module, History]:
         if command == "fit":
             history = fit(student, data, **common)
         else:
-            from .distill import distill
+            from ..distill import distill
 
             teacher = _teacher(cfg, data, device)
             history = distill(

@@ -1,4 +1,4 @@
-"""The course's results tables, from one command: ``python -m kdlib.results [SECTION ...]``.
+"""The course's results tables, from one command: ``python -m kdlib.course.results [SECTION ...]``.
 
 Each section is a function in :data:`SECTIONS` (name → function returning the printed text);
 ``all`` runs them in order, and later topics add their own section to the dict. The
@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .data import Dataset, load
-from .distill import distill, random_shift
-from .features import BETA_DEFAULTS, distill_features
-from .metrics import (
+from ..data import Dataset, load
+from ..distill import distill, random_shift
+from ..features import BETA_DEFAULTS, distill_features
+from ..metrics import (
     accuracy,
     agreement,
     compare_latency,
@@ -43,10 +43,10 @@ from .metrics import (
     pareto_front,
     size_bytes,
 )
-from .models import mlp
-from .models import model as build_model
-from .params import distill_params, low_rank
-from .prune import (
+from ..models import mlp
+from ..models import model as build_model
+from ..params import distill_params, low_rank
+from ..prune import (
     iterative_prune,
     make_permanent,
     shrink,
@@ -54,8 +54,8 @@ from .prune import (
     sparsity_sweep,
     structured_prune,
 )
+from ..train import History, evaluate, fit, predict
 from .recipes import RECIPES, train_preset, trained_teacher
-from .train import History, evaluate, fit, predict
 
 __all__ = [
     "SECTIONS",
@@ -868,7 +868,7 @@ def course_summary(
 
     Args:
         data: the data set.
-        teacher: the trained teacher (default: :func:`~kdlib.recipes.trained_teacher`).
+        teacher: the trained teacher (default: :func:`~kdlib.course.recipes.trained_teacher`).
         seeds: student seeds: initial weights (random rows) and batch order (all rows).
         epochs: epochs per run, the same for every method.
         methods: rows to run (default :func:`summary_methods`).
@@ -1241,7 +1241,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m kdlib.results", description="Print the course's results tables."
+        prog="python -m kdlib.course.results", description="Print the course's results tables."
     )
     parser.add_argument(
         "sections", nargs="*", default=["all"], help=f"'all' or any of {', '.join(SECTIONS)}"
