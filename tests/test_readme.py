@@ -39,7 +39,8 @@ def _notebook_09_table() -> dict[str, list[str]]:
     nb = json.loads((ROOT / "notebooks" / "09_prune_then_distill.ipynb").read_text())
     for cell in nb["cells"]:
         for out in cell.get("outputs", []):
-            text = "".join(out.get("text", ""))
+            # a rendered table (display(Markdown(...))) or printed text
+            text = "".join(out.get("data", {}).get("text/markdown", out.get("text", "")))
             if "| method | starts from |" in text:
                 return _rows(text)
     raise AssertionError("notebook 09 has no stored summary table")
