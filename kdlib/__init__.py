@@ -1,15 +1,16 @@
 """kdlib: the small library behind the course on knowledge distillation and pruning.
 
-One topic per module: ``data``, ``models``, ``train`` (and ``parallel``, its multi-process and
-mixed-precision side), ``metrics``, ``losses``, ``distill``, ``features``, ``params``, ``prune``
-and ``guards``. Their public functions are re-exported here.
+One topic per module: ``data``, ``models``, ``train`` (and ``parallel``, its device,
+multi-process and mixed-precision side), ``metrics``, ``losses``, ``distill``, ``features``,
+``params``, ``prune``, ``guards`` and ``validate`` (argument checks shared by all). Their public
+functions are re-exported here.
 
 The course's own machinery (trained teachers and their cache, results tables, plots, widgets,
 exercise checkers, the grader, the notebook runner) lives in :mod:`kdlib.course`, which
 ``import kdlib`` does not load: ``kdlib.course`` is imported on first use.
 """
 
-from . import guards, parallel
+from . import guards, parallel, validate
 from .data import Dataset, DownloadError, batches, known_datasets, load
 from .distill import (
     LOSS_NAMES,
@@ -29,14 +30,8 @@ from .features import (
     projector,
 )
 from .losses import (
-    AttentionTransferLoss,
     CosineFeatureLoss,
     HintLoss,
-    KDLoss,
-    MSEKDLoss,
-    MSELogitLoss,
-    SoftTargetCELoss,
-    SoftTargetKLLoss,
     attention_map,
     attention_transfer_loss,
     cosine_feature_loss,
@@ -88,6 +83,7 @@ __version__ = "0.1.0"
 __all__ = [
     "parallel",
     "guards",
+    "validate",
     # data
     "Dataset",
     "DownloadError",
@@ -136,11 +132,6 @@ __all__ = [
     "structured_prune",
     "unit_norms",
     # losses (logit losses)
-    "KDLoss",
-    "MSEKDLoss",
-    "MSELogitLoss",
-    "SoftTargetCELoss",
-    "SoftTargetKLLoss",
     "kd_loss",
     "mse_kd_loss",
     "mse_logits",
@@ -167,7 +158,6 @@ __all__ = [
     "get_features",
     "layer_names",
     "projector",
-    "AttentionTransferLoss",
     "CosineFeatureLoss",
     "HintLoss",
     "attention_map",

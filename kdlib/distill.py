@@ -1,21 +1,15 @@
-"""The distillation loop: train a student to match a frozen teacher, on top of ``kdlib.train``.
+"""The distillation loop: train a student to match a frozen teacher, on :func:`kdlib.train.fit`.
 
-:func:`distill` wraps :func:`kdlib.train.fit` (it passes a ``loss_fn`` and a ``metrics``
-hook; there is no second training loop). The teacher runs inside :func:`frozen`: eval mode, no
-autograd, ``requires_grad`` off, and every flag restored afterwards, so distillation never
-changes a teacher. When the training inputs are fixed (no augmentation), the teacher's logits
-are computed once and looked up by row index (offline KD); otherwise the teacher runs on every
-batch. The history says which happened and records, per epoch, the student's test accuracy,
-its top-1 agreement with the teacher and its KL to the teacher. Other loops (feature
-distillation, parameter distillation) build on :func:`distill` through its ``extra_loss``,
-``extra_modules``, ``params`` and ``callbacks`` arguments.
+:func:`distill` supplies ``fit``'s ``loss_fn`` (the KD step) and ``metrics`` (agreement and KL
+to the teacher); there is no second loop. The teacher runs inside :func:`frozen`, so it is
+never changed. With fixed inputs its logits are computed once and looked up by row.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,20 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import losses as L
+from . import validate as V
 from .data import Dataset
 from .metrics import agreement, mean_kl
-from .train import History, fit, get_device, predict
+from .train import History, fit, get_device, on_device, predict
 
 __all__ = [
-    "distill",
-    "frozen",
-    "DistillBatch",
-    "LOSS_NAMES",
-    "resolve_loss",
-    "random_shift",
-    "DistillSweep",
-    "distill_sweep",
-]
+    "distill", "frozen", "DistillBatch", "LOSS_NAMES", "resolve_loss", "random_shift",
+    "DistillSweep", "distill_sweep"
+]  # fmt: skip
 
 # name -> (what it computes, for the history and error messages)
 LOSS_NAMES: dict[str, str] = {
@@ -54,11 +43,7 @@ LogitLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class DistillBatch:
-    """What an ``extra_loss`` hook sees for one training batch.
-
-    The student's forward has run (so forward hooks on it have fired); the teacher's forward
-    has run on ``X`` too unless its logits came from the cache (``teacher_ran`` is False then).
-    """
+    """What an ``extra_loss`` hook sees for one batch, after the student's forward."""
 
     student: nn.Module  # the model being trained (train mode)
     teacher: nn.Module  # the frozen teacher (eval mode, requires_grad off)
@@ -76,46 +61,34 @@ class DistillBatch:
 def frozen(teacher: nn.Module):
     """Freeze ``teacher`` inside the block: eval mode and ``requires_grad=False`` everywhere.
 
-    On exit, even after an exception, every submodule's train/eval mode and every
-    parameter's ``requires_grad`` flag are restored to what they were. Eval mode keeps batch
-    norm's running statistics and dropout fixed, so the teacher's weights and buffers are
-    bit-identical afterwards; turning ``requires_grad`` off means no ``.grad`` is ever
-    allocated for a teacher parameter. Run the teacher's forward under ``torch.no_grad()``
-    as well, so no graph is built through it.
+    Every mode and flag is restored on exit, even after an exception. Run the forward under
+    ``torch.no_grad()`` too.
 
     Example:
-        >>> with frozen(teacher):
-        ...     with torch.no_grad():
-        ...         teacher_logits = teacher(X)
+        >>> with frozen(teacher), torch.no_grad():
+        ...     teacher_logits = teacher(X)
     """
-    modes = [(m, m.training) for m in teacher.modules()]
     flags = [(p, p.requires_grad) for p in teacher.parameters()]
-    teacher.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield teacher
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)
+    with V.eval_mode(teacher):
+        for p, _ in flags:
+            p.requires_grad_(False)
+        try:
+            yield teacher
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
 
 def resolve_loss(
     loss: str | LogitLoss | None, T: float = 4.0, alpha: float = 0.9, lam: float = 1.0
 ) -> LogitLoss | None:
-    """Turn a loss name from :data:`LOSS_NAMES` (or a callable) into ``fn(z_s, z_t, y)``.
-
-    A callable, e.g. ``kdlib.losses.KDLoss(T=4, alpha=0.9)``, is returned as is and must take
-    ``(student_logits, teacher_logits, y)``. ``None`` means "no output loss" (only an
-    ``extra_loss``). ``T``, ``alpha`` and ``lam`` are checked even when the loss does not use
-    them, so a typo never goes unnoticed.
+    """A loss name from :data:`LOSS_NAMES`, or a callable ``(z_s, z_t, y) -> scalar`` (returned as
+    is), as ``fn(z_s, z_t, y)``; ``None`` for no output loss. ``T``, ``alpha`` and ``lam`` are
+    checked even when unused.
     """
-    L._check_T(T)
-    L._check_alpha(alpha)
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
-        raise ValueError(f"lam must be a number >= 0, got {lam!r}")
+    V.number("temperature T", T, 0, open_low=True)
+    V.number("alpha", alpha, 0, 1)
+    V.number("lam", lam, 0)
     if loss is None or (callable(loss) and not isinstance(loss, str)):
         return loss
     if loss == "kd":
@@ -137,26 +110,20 @@ def resolve_loss(
 
 
 def random_shift(max_shift: int = 2) -> Callable[[torch.Tensor], torch.Tensor]:
-    """An ``augment`` that moves each image by a random whole number of pixels.
+    """An ``augment`` that moves each image by a random whole number of pixels in each direction.
 
-    Every image in a batch gets its own shift ``(dx, dy)``, each uniform in
-    ``[-max_shift, max_shift]``; pixels that come in from outside repeat the border (the
-    background, for digits). In distillation this turns the fixed training set into a larger
-    *transfer set*: the teacher labels every shifted image with its soft targets, so the student
-    sees more of the teacher's "dark knowledge" than the 4,000 originals hold. It needs the
-    teacher to run on every batch (``cache_teacher_logits=False``, chosen automatically).
-    Draws come from PyTorch's global generator, which ``fit(seed=...)`` seeds.
+    Shifts are uniform in ``[-max_shift, max_shift]``; the border repeats. The teacher labels
+    every shifted image, a larger transfer set (so it runs per batch). Draws come from PyTorch's
+    global generator, which ``fit(seed=...)`` seeds.
 
     Shape:
         X: ``(N, C, H, W)``; output: the same shape.
 
     Example:
-        >>> hist = distill(student, teacher, data, "kd", augment=random_shift(2))
-        >>> hist.info["teacher_logits"]
+        >>> distill(student, teacher, data, "kd", augment=random_shift(2)).info["teacher_logits"]
         'per-batch'
     """
-    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
-        raise ValueError(f"max_shift must be a whole number of pixels >= 0, got {max_shift!r}")
+    V.integer("max_shift", max_shift, low=0)
 
     def shift(X: torch.Tensor) -> torch.Tensor:
         if X.ndim != 4:
@@ -173,48 +140,6 @@ def random_shift(max_shift: int = 2) -> Callable[[torch.Tensor], torch.Tensor]:
     return shift
 
 
-@contextmanager
-def _on_device(module: nn.Module, device: torch.device | None):
-    """Move ``module`` to ``device`` inside the block and back to where it was afterwards."""
-    if device is None:
-        yield module
-        return
-    home = _device_of(module)
-    module.to(device)
-    try:
-        yield module
-    finally:
-        module.to(home)
-
-
-def _device_of(module: nn.Module) -> torch.device | None:
-    for t in (*module.parameters(), *module.buffers()):
-        return t.device
-    return None
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    # "cuda" and "cuda:0" name the same device when the index is left open
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
-
-
-def _check_pair(student: nn.Module, teacher: nn.Module) -> None:
-    for name, m in (("student", student), ("teacher", teacher)):
-        if not isinstance(m, nn.Module):
-            raise TypeError(f"{name} must be an nn.Module, got {type(m).__name__}")
-    if student is teacher:
-        raise ValueError(
-            "the teacher is the same object as the student: distillation would train the "
-            "teacher; pass a separate student (e.g. a fresh kdlib.model(...))"
-        )
-    shared = {id(p) for p in student.parameters()} & {id(p) for p in teacher.parameters()}
-    if shared:
-        raise ValueError(
-            f"student and teacher share {len(shared)} parameter tensor(s): training the student "
-            "would modify the teacher; build the student with its own weights (copy.deepcopy)"
-        )
-
-
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -228,148 +153,85 @@ def distill(
     lam: float = 1.0,
     cache_teacher_logits: bool | None = None,
     teacher_logits: torch.Tensor | None = None,
-    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     extra_loss: Callable[[DistillBatch], torch.Tensor] | None = None,
-    extra_modules: Sequence[nn.Module] = (),
-    params: Iterable[nn.Parameter] | None = None,
-    batch_size: int = 128,
-    optimizer: str | torch.optim.Optimizer | Callable = "adam",
-    weight_decay: float = 0.0,
-    schedule: str = "constant",
-    metrics: Callable[[nn.Module], dict] | None = None,
-    callbacks: Sequence[Callable] = (),
-    device: str | torch.device | None = None,
-    seed: int | None = None,
-    progress: bool | None = None,
-    evaluate_every: int = 1,
-    history: History | None = None,
-    desc: str = "distill",
+    **fit_kwargs,
 ) -> History:
-    """Train ``student`` to match ``teacher`` on ``data`` (the teacher is never modified).
+    r"""Train ``student`` to match ``teacher`` on ``data`` (the teacher is never modified).
 
-    The training loop is :func:`kdlib.train.fit`; this function supplies its ``loss_fn``
-    (teacher logits from the cache or a no-grad forward, student forward, then ``loss`` plus
-    ``extra_loss``) and its ``metrics`` (agreement and KL with the teacher on the test split).
+    Each step computes the teacher's logits :math:`z_t` (from the cache, or a no-grad forward),
+    the student's :math:`z_s`, and ``loss(z_s, z_t, y)``, e.g. for ``"kd"``
+
+    .. math::
+        \alpha\, T^2\, KL(p_t(T) \,\|\, p_s(T)) + (1 - \alpha)\, CE(z_s, y)
+
+    plus ``extra_loss``. The loop is :func:`kdlib.train.fit`.
 
     Args:
         student: the model to train, ``(N, *input_shape) -> (N, C)`` logits.
-        teacher: the trained model to imitate; frozen with :func:`frozen` for the whole run.
-        data: the data set (moved to the training device if needed).
-        loss: a name from :data:`LOSS_NAMES` (``"kd"`` default, ``"soft"``, ``"soft-ce"``,
-            ``"mse"``, ``"mse+ce"``, ``"ce"``), a callable ``(student_logits,
-            teacher_logits, y) -> scalar`` such as ``kdlib.losses.KDLoss(T=4, alpha=0.9)``,
-            or ``None`` for no output loss (then ``extra_loss`` is the whole objective).
+        teacher: the trained model to imitate; :func:`frozen` for the whole run. A teacher on
+            another device is moved to the training device and back afterwards.
+        data: the data set.
+        loss: a name from :data:`LOSS_NAMES` (``"kd"``, ``"soft"``, ``"soft-ce"``, ``"mse"``,
+            ``"mse+ce"``, ``"ce"``), a callable ``(student_logits, teacher_logits, y) ->
+            scalar``, or ``None`` (then ``extra_loss`` is the whole objective).
         epochs: passes over the training split.
         lr: learning rate.
-        T: temperature of the named soft losses (> 0).
-        alpha: weight of the soft part in ``"kd"``/``"soft-ce"``, in [0, 1].
+        T: temperature of the soft losses (> 0).
+        alpha: weight of the soft part in ``"kd"`` / ``"soft-ce"``, in [0, 1].
         lam: weight of the logit-matching term in ``"mse+ce"`` (>= 0).
-        cache_teacher_logits: ``True``: compute the teacher's logits on the training split
-            once, before training, and look them up by row (needs fixed inputs, so no
-            ``augment``). ``False``: run the teacher on every batch. ``None`` (default):
-            cache exactly when there is neither ``augment`` nor ``extra_loss`` (an
-            ``extra_loss`` usually reads teacher features, which need the teacher's forward).
-        teacher_logits: the cache computed beforehand, ``predict(teacher, data.X_train)``,
-            shape ``(len(data.X_train), C)``: several runs with one teacher (a sweep, several
-            seeds) then pay for the teacher's pass over the training split once. Implies
-            ``cache_teacher_logits=True``; its first rows are checked against the teacher.
-        augment: ``augment(X) -> X`` applied to each training batch; the teacher then sees
-            the same augmented batch as the student.
-        extra_loss: ``extra_loss(batch: DistillBatch) -> scalar`` added to ``loss`` on every
-            batch (feature losses, penalties). Weight it inside the hook.
-        extra_modules: modules trained with the student but not part of it (projectors).
-        params: parameters to optimise (default: the student's and ``extra_modules``').
-        batch_size, optimizer, weight_decay, schedule, callbacks, device, seed, progress,
-            evaluate_every, history, desc: as in :func:`kdlib.train.fit`.
-        metrics: ``metrics(student) -> dict`` of extra numbers logged after each epoch.
+        cache_teacher_logits: ``True``: the teacher's logits on the training split are
+            computed once and looked up by row (needs fixed inputs: no ``augment``).
+            ``False``: the teacher runs on every batch. ``None``: cache when there is neither
+            ``augment`` nor ``extra_loss`` (which usually reads teacher features).
+        teacher_logits: a cache computed beforehand, ``predict(teacher, data.X_train)``, so
+            several runs pay for the teacher once; its first rows are checked.
+        extra_loss: ``extra_loss(batch: DistillBatch) -> scalar`` added on every batch.
+        **fit_kwargs: passed on to :func:`kdlib.train.fit`: ``batch_size``, ``optimizer``,
+            ``schedule``, ``augment`` (the teacher sees the same augmented batch),
+            ``extra_modules``, ``params``, ``metrics``, ``callbacks``, ``device``, ``seed``,
+            ``history``, ...
 
     Returns:
-        The :class:`~kdlib.train.History` of :func:`~kdlib.train.fit`, whose rows also hold
-        ``agreement`` (top-1 agreement with the teacher on the test split) and
-        ``kl_teacher`` (mean ``KL(p_teacher ‖ p_student)`` at T = 1, in nats), and whose
+        The :class:`~kdlib.train.History`; rows also hold ``agreement`` (top-1 agreement
+        with the teacher on the test split) and ``kl_teacher`` (mean KL at T = 1, nats);
         ``info`` holds ``teacher_logits`` (``"cached"`` or ``"per-batch"``),
         ``cache_seconds``, ``loss``, ``T``, ``alpha``, ``lam`` and ``teacher_device``.
-        A teacher on another device than the training device is moved there for the run
-        and moved back afterwards (``teacher_device`` says so); its values are unchanged.
-
-    Raises:
-        ValueError: the student is the teacher or shares its parameters; T <= 0; alpha
-            outside [0, 1]; an unknown loss; caching asked for with ``augment``;
-            ``teacher_logits`` of the wrong shape or not the teacher's; a teacher on
-            the meta device; student and teacher with different class counts; labels out of
-            range; NaN/inf logits (with epoch, batch and rows).
 
     Example:
-        >>> data = kdlib.load("mnist-5k")
         >>> teacher = kdlib.course.trained_teacher(data)
         >>> student = kdlib.model("hinton-student", seed=0)
-        >>> hist = distill(student, teacher, data, loss="kd", T=4, alpha=0.9, epochs=5)
+        >>> hist = distill(student, teacher, data, "kd", epochs=5, T=4, alpha=0.9)
         >>> hist.info["teacher_logits"], hist.last("agreement") > 0.9
         ('cached', True)
     """
-    _check_pair(student, teacher)
-    loss_fn_logits = resolve_loss(loss, T, alpha, lam)
-    if loss_fn_logits is None and extra_loss is None:
+    V.pair(student, teacher)
+    logit_loss = resolve_loss(loss, T, alpha, lam)
+    if logit_loss is None and extra_loss is None:
         raise ValueError("loss=None needs an extra_loss: otherwise there is nothing to train")
-    if teacher_logits is not None:
-        if cache_teacher_logits is False:
-            raise ValueError(
-                "teacher_logits given with cache_teacher_logits=False: given logits are a "
-                "cache; drop one of the two"
-            )
-        cache_teacher_logits = True
-    if cache_teacher_logits is None:
-        cache_teacher_logits = augment is None and extra_loss is None
-    elif cache_teacher_logits and augment is not None:
-        raise ValueError(
-            "cache_teacher_logits=True with augment: cached logits belong to the un-augmented "
-            "inputs, so the teacher must run on every augmented batch; use "
-            "cache_teacher_logits=False (or None to choose automatically)"
-        )
-    dev = get_device(device)
-    t_dev = _device_of(teacher)
+    augment = fit_kwargs.get("augment")
+    cache = _use_cache(cache_teacher_logits, teacher_logits, augment, extra_loss)
+    dev = get_device(fit_kwargs.pop("device", None))
+    data = on_device(data, dev)
+    metrics = fit_kwargs.pop("metrics", None)
+    history = fit_kwargs.pop("history", None)
+    history = History() if history is None else history
+    fit_kwargs.setdefault("desc", "distill")
+    t_dev = V.device_of(teacher)
     moved = t_dev is not None and not _same_device(t_dev, dev)
     if moved and t_dev.type == "meta":
         raise ValueError(
             f"the teacher is on the meta device (shapes only, no weights) but training runs on "
             f"{dev}: load the teacher's weights first"
         )
-    if data.device != dev:
-        data = data.to(dev)
-    C = data.num_classes
-    y_min, y_max = int(data.y_train.min()), int(data.y_train.max())
-    if y_min < 0 or y_max >= C:
-        raise ValueError(
-            f"training labels out of range: found values in [{y_min}, {y_max}] but "
-            f"{data.name!r} has {C} classes, so labels must be in [0, {C - 1}]"
-        )
-    history = history if history is not None else History()
-    state = {"epoch": 0, "batch": 0}
-
+    step = {"epoch": 0, "batch": 0}
     with frozen(teacher), _on_device(teacher, dev if moved else None):
-        probe = predict(teacher, data.X_train[:2])
-        if probe.ndim != 2 or probe.shape[1] != C:
-            raise ValueError(
-                f"the teacher outputs shape {tuple(probe.shape)} but {data.name!r} has {C} "
-                f"classes: student and teacher must both output {C} logits"
-            )
-        t0 = time.perf_counter()
-        if teacher_logits is not None:
-            cached = _given_logits(teacher_logits, probe, len(data.X_train), C).to(dev)
-        else:
-            cached = predict(teacher, data.X_train) if cache_teacher_logits else None
-        cache_seconds = time.perf_counter() - t0
-        if cached is not None and not bool(torch.isfinite(cached).all()):
-            bad = torch.nonzero(~torch.isfinite(cached).all(1)).flatten()[:5].tolist()
-            raise ValueError(f"the teacher's logits are NaN/inf on training rows {bad}")
+        cached, cache_seconds = _teacher_cache(teacher, data, cache, teacher_logits)
         teacher_test = predict(teacher, data.X_test)
 
-        def loss_fn(model: nn.Module, X, y, idx) -> torch.Tensor:
+        def kd_step(model: nn.Module, X, y, idx) -> torch.Tensor:
             epoch = len(history) + 1
-            if state["epoch"] != epoch:
-                state["epoch"], state["batch"] = epoch, 0
-            else:
-                state["batch"] += 1
+            step["batch"] = step["batch"] + 1 if step["epoch"] == epoch else 0
+            step["epoch"] = epoch
             if cached is not None:
                 z_t = cached[idx]
             else:
@@ -377,69 +239,96 @@ def distill(
                     z_t = teacher(X)
             z_s = model(X)
             try:
-                total = loss_fn_logits(z_s, z_t, y) if loss_fn_logits is not None else 0.0
+                total = logit_loss(z_s, z_t, y) if logit_loss is not None else 0.0
                 if extra_loss is not None:
-                    batch = DistillBatch(
-                        student=model,
-                        teacher=teacher,
-                        X=X,
-                        y=y,
-                        idx=idx,
-                        student_logits=z_s,
-                        teacher_logits=z_t,
-                        teacher_ran=cached is None,
-                        epoch=epoch,
-                        batch=state["batch"],
-                    )
-                    total = total + extra_loss(batch)
+                    b = DistillBatch(model, teacher, X, y, idx, z_s, z_t, cached is None, **step)
+                    total = total + extra_loss(b)
             except ValueError as e:
-                raise ValueError(f"epoch {epoch}, batch {state['batch']}: {e}") from e
+                raise ValueError(f"epoch {epoch}, batch {step['batch']}: {e}") from e
             return total
 
-        def metrics_fn(model: nn.Module) -> dict:
+        def teacher_metrics(model: nn.Module) -> dict:
             z_s = predict(model, data.X_test)
-            row = {
-                "agreement": agreement(z_s, teacher_test),
-                "kl_teacher": mean_kl(z_s, teacher_test),
-            }
-            if metrics is not None:
-                row.update(metrics(model))
-            return row
+            row = {"agreement": agreement(z_s, teacher_test)}
+            row["kl_teacher"] = mean_kl(z_s, teacher_test)
+            return {**row, **(metrics(model) if metrics is not None else {})}
 
         history.info.update(
             teacher_logits="cached" if cached is not None else "per-batch",
-            cache_seconds=cache_seconds if cached is not None else 0.0,
+            cache_seconds=cache_seconds,
             loss=loss if isinstance(loss, str) or loss is None else repr(loss),
             T=T,
             alpha=alpha,
             lam=lam,
-            teacher_device=(
-                f"moved from {t_dev} to {dev} for training, then back" if moved else str(dev)
-            ),
+            teacher_device=f"moved from {t_dev} to {dev} for training, then back"
+            if moved
+            else str(dev),
         )
         fit(
-            student,
-            data,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            schedule=schedule,
-            loss_fn=loss_fn,
-            params=params,
-            extra_modules=extra_modules,
-            metrics=metrics_fn,
-            callbacks=callbacks,
-            augment=augment,
-            device=dev,
-            seed=seed,
-            progress=progress,
-            evaluate_every=evaluate_every,
-            history=history,
-            desc=desc,
-        )
+            student, data, epochs, lr, loss_fn=kd_step, metrics=teacher_metrics,
+            history=history, device=dev, **fit_kwargs,
+        )  # fmt: skip
     return history
+
+
+def _use_cache(cache: bool | None, given, augment, extra_loss) -> bool:
+    """Whether the teacher's logits are computed once (see ``cache_teacher_logits``)."""
+    if given is not None:
+        if cache is False:
+            raise ValueError(
+                "teacher_logits given with cache_teacher_logits=False: given logits are a "
+                "cache; drop one of the two"
+            )
+        cache = True
+    if cache is None:
+        return augment is None and extra_loss is None
+    if cache and augment is not None:
+        raise ValueError(
+            "cache_teacher_logits=True with augment: cached logits belong to the un-augmented "
+            "inputs, so the teacher must run on every augmented batch; use "
+            "cache_teacher_logits=False (or None to choose automatically)"
+        )
+    return bool(cache)
+
+
+def _teacher_cache(teacher: nn.Module, data: Dataset, cache: bool, given):
+    """``(logits on the training split or None, seconds)``, after checking the teacher's output."""
+    C = data.num_classes
+    probe = predict(teacher, data.X_train[:2])
+    if probe.ndim != 2 or probe.shape[1] != C:
+        raise ValueError(
+            f"the teacher outputs shape {tuple(probe.shape)} but {data.name!r} has {C} "
+            f"classes: student and teacher must both output {C} logits"
+        )
+    t0 = time.perf_counter()
+    if given is not None:
+        cached = _given_logits(given, probe, len(data.X_train), C).to(data.X_train.device)
+    else:
+        cached = predict(teacher, data.X_train) if cache else None
+    seconds = time.perf_counter() - t0 if cached is not None else 0.0
+    if cached is not None and not bool(torch.isfinite(cached).all()):
+        bad = torch.nonzero(~torch.isfinite(cached).all(1)).flatten()[:5].tolist()
+        raise ValueError(f"the teacher's logits are NaN/inf on training rows {bad}")
+    return cached, seconds
+
+
+@contextmanager
+def _on_device(module: nn.Module, device: torch.device | None):
+    """Move ``module`` to ``device`` inside the block and back to where it was afterwards."""
+    if device is None:
+        yield module
+        return
+    home = V.device_of(module)
+    module.to(device)
+    try:
+        yield module
+    finally:
+        module.to(home)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    # "cuda" and "cuda:0" name the same device when the index is left open
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 def _given_logits(z: torch.Tensor, probe: torch.Tensor, n: int, C: int) -> torch.Tensor:
@@ -462,10 +351,7 @@ def _given_logits(z: torch.Tensor, probe: torch.Tensor, n: int, C: int) -> torch
 
 @dataclass
 class DistillSweep:
-    """The histories of :func:`distill` runs over a grid of settings, to look up later.
-
-    Widgets use it so that moving a slider only looks a finished run up, never trains.
-    """
+    """The histories of :func:`distill` runs over a grid, to look up without training."""
 
     keys: list[str]  # the swept arguments, e.g. ["alpha", "T"]
     settings: list[tuple]  # one tuple of values per run, in the order of ``keys``
@@ -511,18 +397,14 @@ def distill_sweep(
     """Run :func:`distill` once for every combination of the values in ``grid``.
 
     Args:
-        make_student: returns a fresh student (same initial weights each call, e.g.
-            ``lambda: kdlib.model("hinton-student", seed=0)``).
-        teacher: the teacher, shared by every run (never modified).
-        data: the data set.
-        grid: numeric arguments of :func:`distill` and their values, e.g.
-            ``{"alpha": [0.5, 0.9], "T": [1, 4]}``; the runs follow ``itertools.product``.
-        loss: the loss of every run.
-        **kwargs: the other arguments of :func:`distill`, the same for every run.
+        make_student: returns a fresh student (same initial weights each call).
+        teacher, data, loss: shared by every run.
+        grid: e.g. ``{"alpha": [0.5, 0.9], "T": [1, 4]}``, run in ``itertools.product`` order.
+        **kwargs: the other arguments of :func:`distill`.
 
     Example:
-        >>> sweep = distill_sweep(lambda: kdlib.model("hinton-student", seed=0), teacher,
-        ...                       data, {"alpha": [0.5, 0.9], "T": [1, 4]}, epochs=3)
+        >>> sweep = distill_sweep(lambda: kdlib.model("tiny", seed=0), teacher, data,
+        ...                       {"alpha": [0.5, 0.9], "T": [1, 4]}, epochs=3)
         >>> sweep.lookup(alpha=0.9, T=4).last("test_acc")  # doctest: +SKIP
     """
     if not grid or any(len(v) == 0 for v in grid.values()):

@@ -1,21 +1,9 @@
 """Small guards that catch the classic distillation and pruning mistakes at run time.
 
-Notebook 10 (the pitfalls clinic) reproduces each mistake and shows which guard would have
-caught it. Each guard is a plain function that raises ``ValueError`` (or ``AssertionError``
-for "this should never happen" checks) with a message that names the mistake and the fix:
-
-* :func:`assert_logits` refuses probabilities where logits belong (softmax before
-  ``CrossEntropyLoss``, or probabilities fed to ``KLDivLoss`` as its input);
-* :func:`fingerprint` and :func:`assert_unchanged` prove a teacher was not modified
-  (weights, batch-norm statistics, train/eval mode, ``requires_grad``, stray ``.grad``);
-* :func:`assert_trained` refuses a teacher that is no better than chance (the "train teacher
-  and student jointly from scratch" mistake);
-* :func:`assert_distinct` refuses a "student" that is the teacher object itself, or shares
-  parameters with it (training the student would then train the teacher);
-* :func:`assert_smaller` refuses a "student" that is not a separate, smaller model.
-
-Sparsity measured on ``weight_orig`` instead of the effective weight is caught by
-:func:`kdlib.prune.sparsity_report`, which always measures the effective weights.
+Each raises with a message that names the mistake and the fix: probabilities where logits
+belong (:func:`assert_logits`), a changed teacher (:func:`fingerprint`,
+:func:`assert_unchanged`), an untrained teacher (:func:`assert_trained`), a student that is or
+shares the teacher (:func:`assert_distinct`) or is not smaller (:func:`assert_smaller`).
 """
 
 from __future__ import annotations
@@ -30,23 +18,13 @@ from .metrics import count_params
 from .train import evaluate
 
 __all__ = [
-    "looks_like_probabilities",
-    "assert_logits",
-    "Fingerprint",
-    "fingerprint",
-    "assert_unchanged",
-    "assert_trained",
-    "assert_distinct",
-    "assert_smaller",
-]
+    "looks_like_probabilities", "assert_logits", "Fingerprint", "fingerprint", "assert_unchanged",
+    "assert_trained", "assert_distinct", "assert_smaller"
+]  # fmt: skip
 
 
 def looks_like_probabilities(x: torch.Tensor, atol: float = 1e-4) -> bool:
-    """True if every row of ``x`` is non-negative and sums to 1 (a softmax output).
-
-    Shape:
-        x: ``(N, C)``.
-    """
+    """True if every row of ``x`` ``(N, C)`` is non-negative and sums to 1."""
     if x.ndim != 2 or x.numel() == 0:
         return False
     x = x.detach()
@@ -55,11 +33,7 @@ def looks_like_probabilities(x: torch.Tensor, atol: float = 1e-4) -> bool:
 
 
 def assert_logits(x: torch.Tensor, name: str = "logits") -> torch.Tensor:
-    """Return ``x`` if it can be logits; raise if its rows look like softmax probabilities.
-
-    ``F.cross_entropy`` and the soft-target losses apply (log-)softmax themselves; feeding
-    them probabilities applies softmax twice, which squashes the loss and its gradients.
-    """
+    """Return ``x`` if it can be logits; raise if its rows look like softmax probabilities."""
     if looks_like_probabilities(x):
         raise ValueError(
             f"{name} look like probabilities (every row is ≥ 0 and sums to 1). Pass raw "
@@ -92,11 +66,8 @@ def fingerprint(model: nn.Module) -> Fingerprint:
 
 
 def assert_unchanged(model: nn.Module, before: Fingerprint, name: str = "teacher") -> None:
-    """Raise ``AssertionError`` naming what changed in ``model`` since ``before``.
-
-    Checks bit-identical parameters and buffers, the train/eval mode of every submodule,
-    every ``requires_grad`` flag, and that no parameter received a gradient (its ``.grad`` is
-    what it was at the snapshot).
+    """Raise ``AssertionError`` naming what changed since ``before``: tensors, train/eval modes,
+    ``requires_grad`` flags, or gradients received.
     """
     problems = []
     now = model.state_dict()
@@ -125,13 +96,7 @@ def assert_unchanged(model: nn.Module, before: Fingerprint, name: str = "teacher
 
 
 def assert_trained(teacher: nn.Module, data: Dataset, min_accuracy: float | None = None) -> float:
-    """Return the teacher's test accuracy; raise if it is not clearly better than chance.
-
-    Args:
-        teacher: the model to distill from.
-        data: the data set it should have been trained on.
-        min_accuracy: threshold (default: twice chance, ``2 / num_classes``).
-    """
+    """Return the teacher's test accuracy; raise below ``min_accuracy`` (default twice chance)."""
     threshold = 2 / data.num_classes if min_accuracy is None else min_accuracy
     acc = evaluate(teacher, data)["accuracy"]
     if acc < threshold:
@@ -144,13 +109,8 @@ def assert_trained(teacher: nn.Module, data: Dataset, min_accuracy: float | None
 
 
 def assert_distinct(student: nn.Module, teacher: nn.Module) -> None:
-    """Raise if ``student`` is the ``teacher`` object, or shares any parameter with it.
-
-    A student that is the teacher under another name (``student = teacher``, or a tutorial's
-    student called ``teacher_model``) is trained in the teacher's place: the teacher changes,
-    and nothing is compressed. A student that reuses some of the teacher's modules shares
-    their parameters, so every student update also changes the teacher. Parameters count as
-    shared when they are the same tensor or view the same memory.
+    """Raise if ``student`` is the ``teacher`` object or shares a parameter (same memory) with it:
+    training it would train the teacher.
     """
     if student is teacher:
         raise ValueError(
@@ -175,11 +135,7 @@ def assert_distinct(student: nn.Module, teacher: nn.Module) -> None:
 
 
 def assert_smaller(student: nn.Module, teacher: nn.Module) -> float:
-    """Return the compression ratio teacher/student parameters; raise if it is not > 1.
-
-    Calls :func:`assert_distinct` first: a student that is, or shares parameters with, the
-    teacher is refused with that message.
-    """
+    """Return teacher/student parameters; raise unless the student is distinct and smaller."""
     assert_distinct(student, teacher)
     n_s, n_t = count_params(student), count_params(teacher)
     if n_s >= n_t:

@@ -1,20 +1,14 @@
-"""What a compressed model costs and how close it stays to its teacher.
+"""What a compressed model costs, and how close it stays to its teacher.
 
-Quality: :func:`accuracy`, :func:`agreement` (top-1 agreement between two models) and
-:func:`mean_kl` (mean KL divergence from one model's predictions to another's).
-Cost: :func:`count_params` (all or nonzero), :func:`size_bytes` (dense, or what a CSR copy of
-each weight matrix would take), :func:`latency` (warm-up, then the median of repeated timings,
-with ``torch.utils.benchmark.Timer``; :func:`compare_latency` times several models in turns)
-and :func:`macs` (multiply–accumulates counted by
-``torch.utils.flop_counter.FlopCounterMode``).
-Trade-offs: :func:`pareto_front` picks, from rows of (size, accuracy), the ones no other row
-beats on both.
+Quality: :func:`accuracy`, :func:`agreement` (top-1), :func:`mean_kl`. Cost:
+:func:`count_params`, :func:`size_bytes` (dense or CSR), :func:`latency` (median of timed runs,
+``torch.utils.benchmark``), :func:`compare_latency` and :func:`macs` (``FlopCounterMode``).
+:func:`pareto_front` keeps the rows no other row beats on both size and accuracy.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 import statistics
 from collections.abc import Mapping, Sequence
 
@@ -22,20 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import validate as V
 from .train import predict
 
 __all__ = [
-    "accuracy",
-    "agreement",
-    "mean_kl",
-    "count_params",
-    "size_bytes",
-    "latency",
-    "compare_latency",
-    "macs",
-    "input_shape_of",
-    "pareto_front",
-]
+    "accuracy", "agreement", "mean_kl", "count_params", "size_bytes", "latency", "compare_latency",
+    "macs", "input_shape_of", "pareto_front"
+]  # fmt: skip
 
 
 def _logits(model_or_logits, X: torch.Tensor | None) -> torch.Tensor:
@@ -58,10 +45,7 @@ def accuracy(model_or_logits, X_or_y: torch.Tensor, y: torch.Tensor | None = Non
 
 
 def agreement(student, teacher, X: torch.Tensor | None = None) -> float:
-    """Share of inputs on which student and teacher predict the same class (top-1).
-
-    ``student`` and ``teacher`` are models (then ``X`` is required) or logits ``(N, C)``.
-    """
+    """Share of inputs where student and teacher predict the same class (top-1)."""
     s, t = _logits(student, X), _logits(teacher, X)
     if s.shape != t.shape:
         raise ValueError(f"student and teacher logits differ in shape: {s.shape} vs {t.shape}")
@@ -69,12 +53,8 @@ def agreement(student, teacher, X: torch.Tensor | None = None) -> float:
 
 
 def mean_kl(student, teacher, X: torch.Tensor | None = None, T: float = 1.0) -> float:
-    """Mean over inputs of ``KL(p_teacher(T) ‖ p_student(T))`` in nats (no T² factor).
-
-    0 means the student reproduces the teacher's predicted distribution exactly.
-    """
-    if not T > 0:
-        raise ValueError(f"temperature T must be > 0, got {T}")
+    """Mean over inputs of ``KL(p_teacher(T) ‖ p_student(T))`` in nats (no T² factor)."""
+    V.number("temperature T", T, 0, open_low=True)
     s = _logits(student, X)
     t = _logits(teacher, X).to(s.device)
     if s.shape != t.shape:
@@ -85,25 +65,14 @@ def mean_kl(student, teacher, X: torch.Tensor | None = None, T: float = 1.0) -> 
 
 
 def _effective_tensors(model: nn.Module):
-    """(name, tensor) for every parameter and buffer as the model computes with it.
-
-    For a model pruned with ``torch.nn.utils.prune`` this yields ``weight`` (= orig × mask),
-    not ``weight_orig`` and ``weight_mask``, which are bookkeeping.
-    """
-    seen = set()
+    """``(name, tensor)`` for each parameter as the model computes with it: a pruned layer's
+    ``weight`` (``weight_orig * weight_mask``), not ``weight_orig``."""
     for mod_name, mod in model.named_modules():
-        pruned = {
-            n[: -len("_orig")]
-            for n, _ in mod.named_parameters(recurse=False)
-            if n.endswith("_orig")
-        }
         for n, p in mod.named_parameters(recurse=False):
-            if n.endswith("_orig") and n[: -len("_orig")] in pruned:
-                continue
-            seen.add(id(p))
+            if n.endswith("_orig"):
+                n = n.removesuffix("_orig")
+                p = getattr(mod, n)
             yield f"{mod_name}.{n}".lstrip("."), p
-        for n in pruned:
-            yield f"{mod_name}.{n}".lstrip("."), getattr(mod, n)
 
 
 def count_params(model: nn.Module, nonzero: bool = False) -> int:
@@ -115,14 +84,10 @@ def count_params(model: nn.Module, nonzero: bool = False) -> int:
 
 
 def size_bytes(model: nn.Module, sparse: bool = False, index_bytes: int = 4) -> int:
-    """Bytes to store the parameters.
+    """Bytes to store the parameters (effective weights for pruned models).
 
-    Args:
-        model: any module; pruned models are measured on their effective weights.
-        sparse: if True, every 2-D or larger weight is counted as a CSR copy of its nonzeros
-            (values + ``index_bytes`` per column index + ``index_bytes`` per row pointer, the
-            matrix viewed as ``(shape[0], rest)``); 1-D tensors stay dense.
-        index_bytes: bytes per stored index (4 for int32).
+    With ``sparse=True`` every weight of 2 or more dimensions counts as a CSR copy of its nonzeros:
+    values, ``index_bytes`` per column index and per row pointer (as ``(shape[0], rest)``).
     """
     total = 0
     for _, t in _effective_tensors(model):
@@ -137,15 +102,10 @@ def size_bytes(model: nn.Module, sparse: bool = False, index_bytes: int = 4) -> 
 
 
 def input_shape_of(model: nn.Module) -> tuple[int, ...]:
-    """The shape of one example that ``model`` takes, as far as the model itself tells.
+    """The shape of one example ``model`` takes, as far as the model tells.
 
-    A CNN from :func:`kdlib.cnn` (every convolutional preset) records its ``input_shape``; a
-    model whose first weight layer is an ``nn.Linear`` takes ``(in_features,)`` (a leading
-    ``nn.Flatten`` accepts that too).
-
-    Raises:
-        ValueError: anything else, e.g. a convolution built by hand, whose height and width
-            the model does not record: pass ``input_shape`` (e.g. ``data.input_shape``).
+    A :func:`kdlib.cnn` records its ``input_shape``; a model whose first weight layer is Linear
+    takes ``(in_features,)``. Anything else raises: pass ``input_shape=data.input_shape``.
     """
     recorded = getattr(model, "input_shape", None)
     if recorded is not None:
@@ -162,10 +122,24 @@ def input_shape_of(model: nn.Module) -> tuple[int, ...]:
 
 
 def _example_input(model: nn.Module, input_shape: Sequence[int] | None, batch_size: int):
-    shape = input_shape_of(model) if input_shape is None else tuple(input_shape)
-    p = next(iter(model.parameters()), None)
-    device = p.device if p is not None else torch.device("cpu")
-    return torch.randn(batch_size, *shape, device=device)
+    if input_shape is None:
+        shape = input_shape_of(model)
+    elif isinstance(input_shape, torch.Tensor) or not isinstance(input_shape, Sequence):
+        raise TypeError(f"input_shape must be a shape such as (1, 28, 28), got {input_shape!r}")
+    else:
+        shape = tuple(V.integer("input_shape entries", d) for d in input_shape)
+    return torch.randn(batch_size, *shape, device=V.device_of(model, torch.device("cpu")))
+
+
+def _forward(model: nn.Module, x: torch.Tensor):
+    """``model(x)``; an input of the wrong shape is reported as a wrong ``input_shape``."""
+    try:
+        return model(x)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(
+            f"the model cannot take examples of input_shape={tuple(x.shape[1:])} (give the "
+            f"shape of one example, without the batch dimension): {e}"
+        ) from e
 
 
 def latency(
@@ -178,30 +152,20 @@ def latency(
 ) -> float:
     """Median seconds of one forward pass at ``batch_size`` (eval mode, no autograd).
 
-    Uses ``torch.utils.benchmark.Timer.blocked_autorange``, which warms up, then times blocks
-    of runs for at least ``min_run_time`` seconds, and reports the median per run. Compare
-    two models by a ratio measured in the same process, not by absolute numbers.
-    ``input_shape`` is the shape of one example; by default the model's own
-    (:func:`input_shape_of`).
+    ``Timer.blocked_autorange`` warms up, then times blocks for at least ``min_run_time``.
+    Compare models by ratios measured in one process. ``input_shape`` is one example's shape
+    (default :func:`input_shape_of`); a shape the model cannot take is named in the error.
     """
     from torch.utils.benchmark import Timer
 
     x = _example_input(model, input_shape, batch_size)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)  # warm-up outside the timer too (first-call allocations)
-            timer = Timer(
-                stmt="model(x)",
-                globals={"model": model, "x": x},
-                num_threads=num_threads or torch.get_num_threads(),
-                setup="import torch",
-            )
-            with torch.no_grad():
-                m = timer.blocked_autorange(min_run_time=min_run_time)
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), V.eval_mode(model):
+        _forward(model, x)  # warm-up outside the timer too (first-call allocations)
+        threads = num_threads or torch.get_num_threads()
+        timer = Timer(
+            "model(x)", "import torch", globals={"model": model, "x": x}, num_threads=threads
+        )
+        m = timer.blocked_autorange(min_run_time=min_run_time)
     return float(m.median)
 
 
@@ -213,14 +177,8 @@ def compare_latency(
     rounds: int = 5,
     min_run_time: float = 0.1,
 ) -> dict[str, float]:
-    """Median :func:`latency` of several models, measured in turns (A, B, C, A, B, C, ...).
-
-    Taking turns spreads machine noise (other processes, clock changes) over every model
-    alike, so the ratios between the returned medians are fairer than separate runs.
-
-    Returns:
-        ``{name: median seconds per forward pass at batch_size}``.
-    """
+    """Median :func:`latency` of several models measured in turns (A, B, C, A, B, C, ...),
+    so machine noise falls on all alike. Returns ``{name: seconds}``."""
     if not models:
         raise ValueError("compare_latency needs at least one model")
     if not isinstance(rounds, int) or rounds <= 0:
@@ -234,55 +192,34 @@ def compare_latency(
 
 
 def macs(model: nn.Module, input_shape: Sequence[int] | None = None) -> int:
-    """Multiply–accumulate operations of one forward pass for a single example.
+    """Multiply–accumulates of one forward pass for one example (``FlopCounterMode`` FLOPs / 2).
 
-    ``input_shape`` is the shape of one example; by default the model's own
-    (:func:`input_shape_of`).
-
-    Counted with ``torch.utils.flop_counter.FlopCounterMode`` (which counts 2 FLOPs per MAC),
-    so only matrix products and convolutions are included. Zeros in masked weights are still
-    multiplied: masking does not reduce MACs, removing units does.
+    Only matrix products and convolutions count; masked zeros are still multiplied (removing
+    units reduces MACs, masking does not). ``input_shape`` as in :func:`latency`.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     x = _example_input(model, input_shape, 1)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), V.eval_mode(model), FlopCounterMode(display=False) as counter:
+        _forward(model, x)
     return int(counter.get_total_flops() // 2)
 
 
 def pareto_front(rows: Sequence[Mapping], x: str, y: str) -> list[Mapping]:
-    r"""The rows no other row beats on both counts: smaller ``x`` and higher ``y``.
+    r"""The rows no other row beats on both: smaller ``x`` and higher ``y``.
 
-    Row :math:`b` *dominates* row :math:`a` when :math:`x_b \le x_a` and :math:`y_b \ge y_a`,
-    with at least one of the two strict. The front is every row that no row dominates: for
-    ``x="bytes"`` and ``y="accuracy"``, the models for which nothing in ``rows`` is both at
-    most as large and at least as accurate. Rows with identical ``(x, y)`` are all kept.
-    Pure Python on numbers, so a widget or a plot can call it on stored results.
+    Row :math:`b` dominates :math:`a` when :math:`x_b \le x_a` and :math:`y_b \ge y_a`, one of
+    them strict. Ties in ``(x, y)`` are all kept.
 
     Args:
-        rows: mappings (e.g. dicts) holding at least the keys ``x`` and ``y``, with real,
-            finite values.
-        x: the key to minimise (a cost: parameters, bytes, MACs, latency).
-        y: the key to maximise (a quality: accuracy).
+        rows: mappings with finite numbers under ``x`` and ``y``.
+        x: the key to minimise (a cost); y: the key to maximise (a quality).
 
     Returns:
-        The non-dominated rows themselves (not copies), sorted by ``x`` increasing (rows with
-        the same ``x`` keep their input order). Empty for empty ``rows``.
-
-    Raises:
-        TypeError: ``x`` or ``y`` is not a string, or a row is not a mapping.
-        ValueError: a row lacks ``x`` or ``y``, or holds a value that is not a finite number
-            (the message names the row and the key).
+        The non-dominated rows themselves, sorted by ``x``.
 
     Example:
-        >>> rows = [{"name": "a", "bytes": 10, "acc": 0.90},
-        ...         {"name": "b", "bytes": 20, "acc": 0.85},
+        >>> rows = [{"name": "a", "bytes": 10, "acc": 0.9}, {"name": "b", "bytes": 20, "acc": 0.8},
         ...         {"name": "c", "bytes": 30, "acc": 0.95}]
         >>> [r["name"] for r in pareto_front(rows, "bytes", "acc")]
         ['a', 'c']
@@ -296,9 +233,7 @@ def pareto_front(rows: Sequence[Mapping], x: str, y: str) -> list[Mapping]:
         for key in (x, y):
             if key not in row:
                 raise ValueError(f"rows[{i}] has no key {key!r}; it has {sorted(map(str, row))}")
-            v = row[key]
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-                raise ValueError(f"rows[{i}][{key!r}] must be a finite number, got {v!r}")
+            V.number(f"rows[{i}][{key!r}]", row[key])
     # Sweep by increasing x: a row survives when it is the best of its x and beats every
     # smaller one (equal to a smaller x's best is dominated: that one is as good and smaller).
     order = sorted(range(len(rows)), key=lambda i: rows[i][x])

@@ -1,15 +1,8 @@
-"""Teachers and students used by the course.
+"""Teachers and students used by the course: plain ``nn.Sequential`` models with named
+children (``"fc1"``, ``"stage2"``) so lessons address layers by name.
 
-Two families, both plain ``nn.Sequential`` models with named children so that later lessons
-can address layers by name (``"fc1"``, ``"stage2"``) for feature taps and pruning:
-
-* :func:`mlp` builds a multilayer perceptron from a list of hidden widths. Presets:
-  Hinton et al.'s 1200-1200 teacher and 800-800 student, LeNet-300-100, and a tiny 32-unit
-  student.
-* :func:`cnn` builds a small convolutional net in stages (conv → batch norm → ReLU → max-pool),
-  then a classifier head. Presets: a CNN teacher and two thin CNN students.
-
-:func:`model` builds a preset by name; :func:`presets` lists them.
+:func:`mlp` builds a perceptron from hidden widths, :func:`cnn` a small CNN in stages;
+:func:`model` builds a preset by name and :func:`presets` lists them.
 """
 
 from __future__ import annotations
@@ -30,23 +23,13 @@ def mlp(
     *,
     dropout: float = 0.0,
 ) -> nn.Sequential:
-    """A multilayer perceptron: flatten, then ``Linear → ReLU`` per hidden width, then a head.
-
-    Layers are named ``flatten, fc1, act1, [drop1,] fc2, act2, ..., fcK`` where ``fcK`` is the
-    output layer.
-
-    Args:
-        in_features: inputs per example after flattening (784 for 28×28 digits).
-        hidden: hidden widths, e.g. ``[800, 800]``; may be empty (a linear classifier).
-        out_features: number of classes.
-        dropout: dropout probability after each hidden activation (0 = none).
+    """A multilayer perceptron: ``flatten, fc1, act1, [drop1,] ..., fcK`` (``fcK`` the output).
 
     Shape:
         input ``(N, *)`` with ``prod(*) == in_features``; output ``(N, out_features)`` logits.
 
     Example:
-        >>> net = mlp(784, [800, 800], 10)
-        >>> net(torch.zeros(2, 1, 28, 28)).shape
+        >>> mlp(784, [800, 800], 10)(torch.zeros(2, 1, 28, 28)).shape
         torch.Size([2, 10])
     """
     if in_features <= 0 or out_features <= 0 or any(w <= 0 for w in hidden):
@@ -73,20 +56,16 @@ def cnn(
     input_shape: Sequence[int] = (1, 28, 28),
     hidden: int | None = None,
 ) -> nn.Sequential:
-    """A small CNN in named stages, then a classifier head.
-
-    Each stage ``stageK`` is ``Conv2d(3×3, padding 1) → BatchNorm2d → ReLU → MaxPool2d(2)``, so
-    it halves height and width. The head is ``Flatten → [Linear → ReLU →] Linear``.
-
-    Args:
-        channels: output channels of each stage, e.g. ``(16, 32)``.
-        num_classes: number of output logits.
-        input_shape: ``(C, H, W)`` of one example.
-        hidden: width of an optional hidden layer in the head.
+    """A small CNN: stages ``Conv2d(3×3) → BatchNorm2d → ReLU → MaxPool2d(2)``, then a head
+    ``Flatten → [Linear → ReLU →] Linear``.
 
     Shape:
-        input ``(N, C, H, W)``; output ``(N, num_classes)``. After ``stageK`` a feature map is
-        ``(N, channels[K-1], H / 2^K, W / 2^K)``.
+        input ``(N, C, H, W)``; after ``stageK``: ``(N, channels[K-1], H / 2^K, W / 2^K)``;
+        output ``(N, num_classes)``.
+
+    Example:
+        >>> cnn((8, 16))(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
     """
     c, h, w = input_shape
     stages: OrderedDict[str, nn.Module] = OrderedDict()
@@ -149,14 +128,11 @@ def model(
     num_classes: int = 10,
     seed: int | None = None,
 ) -> nn.Sequential:
-    """Build a preset model by name, e.g. ``model("hinton-student")``.
+    """Build a preset by name (``input_shape``: default the preset's; ``seed``: fixed weights).
 
-    Args:
-        name: a key of :func:`presets`.
-        input_shape: ``(C, H, W)`` of one example (``data.input_shape``); default the
-            preset's own: ``(3, 32, 32)`` for the ``cifar-`` presets, else ``(1, 28, 28)``.
-        num_classes: number of output logits (``data.num_classes``).
-        seed: if given, the initial weights are drawn from this seed (same model every time).
+    Example:
+        >>> model("hinton-student", seed=0).fc1
+        Linear(in_features=784, out_features=800, bias=True)
     """
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")

@@ -1,15 +1,12 @@
-"""Data parallelism with ``torch.distributed``: the same kdlib code on several processes.
+"""Devices, mixed precision and ``torch.distributed`` data parallelism, behind a few functions.
 
-Under ``torchrun`` every process (a *rank*) holds a full copy of the model and of the in-memory
-data set. :func:`setup` joins the process group that torchrun describes in environment
-variables (gloo on CPU, NCCL on CUDA, one GPU per process) and :func:`cleanup` leaves it.
-Nothing else changes in user code: :func:`kdlib.train.fit` (and so ``distill`` and
-``distill_features``, which train through it) notices an initialised group and then wraps the
-trained modules in ``DistributedDataParallel``, gives each rank its share of every global
-batch, all-reduces the epoch metrics so every rank holds the same history, and lets only
-rank 0 show progress. A teacher is never wrapped: it is not trained, so there is nothing to
-synchronise, and every rank simply runs its own copy. :func:`rank`, :func:`world_size` and
-:func:`is_main` answer "who am I?" with or without a group (0, 1 and True on one process).
+:func:`get_device` picks cuda → mps → cpu. :func:`mixed_precision` turns an ``amp`` setting
+into an autocast context and a backward step. Under ``torchrun`` every process (a *rank*)
+holds a full copy of the model and of the in-memory data: :func:`setup` joins the process group
+(gloo on CPU, NCCL on CUDA) and :func:`cleanup` leaves it. :func:`kdlib.train.fit` then calls
+:func:`wrap` (``DistributedDataParallel``), :func:`finish_epoch`, :func:`all_reduce`,
+:func:`average` and :func:`broadcast`, so every rank holds the same history. A teacher is never
+wrapped: it is not trained. Without a group every function is the one-process identity.
 """
 
 from __future__ import annotations
@@ -17,12 +14,18 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["setup", "cleanup", "is_distributed", "rank", "world_size", "is_main"]
+__all__ = [
+    "setup", "cleanup", "is_distributed", "rank", "world_size", "is_main", "get_device",
+    "mixed_precision", "MixedPrecision", "wrap", "finish_epoch", "all_reduce", "average",
+    "broadcast", "explain_errors"
+]  # fmt: skip
 
 
 def is_distributed() -> bool:
@@ -45,27 +48,43 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def setup(device: str | torch.device | None = None, backend: str | None = None) -> torch.device:
-    """Join the process group that ``torchrun`` set up; return this process's device.
+def get_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else ``$KDLIB_DEVICE``, else the best available: cuda → mps → cpu.
 
-    Outside torchrun (no ``WORLD_SIZE`` in the environment) this only picks the device, so a
-    script that calls it runs unchanged with ``python`` and with ``torchrun``.
+    Inside a process group a bare ``"cuda"`` means this process's GPU.
+    """
+    device = device if device is not None else (os.environ.get("KDLIB_DEVICE") or None)
+    if device is not None:
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} was asked for, but CUDA is not available")
+    elif torch.cuda.is_available():
+        dev = torch.device("cuda")
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    else:
+        return torch.device("cpu")
+    if dev.type == "cuda" and dev.index is None and is_distributed():
+        return torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def setup(device: str | torch.device | None = None, backend: str | None = None) -> torch.device:
+    """Join the process group ``torchrun`` set up and return this process's device; without
+    ``torchrun`` (no ``WORLD_SIZE``) only pick the device, so one script runs both ways.
 
     Args:
-        device: ``None`` picks cuda → mps → cpu (see :func:`kdlib.train.get_device`); under
-            torchrun with CUDA each process takes GPU ``LOCAL_RANK`` of its machine.
-        backend: ``"gloo"`` or ``"nccl"``; default NCCL for CUDA devices, gloo otherwise.
+        device: ``None`` picks cuda → mps → cpu; under torchrun with CUDA, GPU ``LOCAL_RANK``.
+        backend: ``"gloo"`` or ``"nccl"`` (default: NCCL for CUDA, gloo otherwise).
 
     Example:
         >>> device = kdlib.parallel.setup()   # under: torchrun --nproc_per_node=2 train.py
         >>> kdlib.fit(student, data.to(device), epochs=3)   # DDP inside, batches sharded
         >>> kdlib.parallel.cleanup()
     """
-    from .train import get_device
-
     dev = get_device(device)
     if "WORLD_SIZE" not in os.environ or (dist.is_available() and dist.is_initialized()):
-        return _local_cuda(dev)
+        return dev
     if not dist.is_available():
         raise RuntimeError("this PyTorch build has no torch.distributed; install a full build")
     if dev.type == "cuda":
@@ -81,36 +100,64 @@ def setup(device: str | torch.device | None = None, backend: str | None = None) 
 
 
 def cleanup() -> None:
-    """Wait for every rank, then leave the process group (a no-op without one).
-
-    Call it before the script ends. gloo's worker threads release the tensors of the last
-    collectives on their own time, and need Python's GIL for that; if the interpreter is
-    already shutting down by then, the process aborts ("terminate called without an active
-    exception"). A DDP model keeps its process group alive past ``destroy_process_group``,
-    so those threads outlive it: the short pause below lets them finish first.
-    """
+    """Wait for every rank, then leave the process group (a no-op without one)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         time.sleep(0.1)  # releases the GIL: the workers retire the finished collectives
         dist.destroy_process_group()
 
 
-def _local_cuda(dev: torch.device) -> torch.device:
-    """Give a bare ``cuda`` the index of this process's GPU, so collectives and DDP agree."""
-    if dev.type == "cuda" and dev.index is None and is_distributed():
-        return torch.device("cuda", torch.cuda.current_device())
-    return dev
+# -------------------------------------------------------------------------------------------
+# Mixed precision
+@dataclass
+class MixedPrecision:
+    """How the forward runs and the backward steps under one ``amp`` setting."""
+
+    autocast: object  # context manager around forward and loss
+    scaler: object | None  # float16 gradient scaler, or None
+    label: str  # "off", "fp16", "bf16", or why it is off
+
+    def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+        """Zero the gradients, back-propagate ``loss`` (scaled for float16) and step."""
+        opt.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
+
+
+def mixed_precision(amp: bool | str | None, device: torch.device) -> MixedPrecision:
+    """The :class:`MixedPrecision` for ``amp`` on ``device``.
+
+    ``False``: off. ``True``: float16 with a gradient scaler on CUDA, off elsewhere (one
+    script runs on a laptop and on a GPU). ``"fp16"``: CUDA only. ``"bf16"``: float32's range,
+    so no scaler, on CUDA or CPU. ``None``: read ``$KDLIB_AMP`` (``0``, ``1``, ``fp16``,
+    ``bf16``), else off.
+    """
+    if amp is None:
+        amp = os.environ.get("KDLIB_AMP", "0").lower()
+        amp = {"0": False, "": False, "false": False, "1": True, "true": True}.get(amp, amp)
+    if amp is False or (amp is True and device.type != "cuda"):
+        return MixedPrecision(
+            nullcontext(), None, "off" if amp is False else f"off (no CUDA on {device})"
+        )
+    if amp is True or amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError(f"amp='fp16' needs a CUDA device, but training runs on {device}")
+        scaler = torch.amp.GradScaler("cuda")
+        return MixedPrecision(torch.autocast("cuda", dtype=torch.float16), scaler, "fp16")
+    if amp == "bf16":
+        return MixedPrecision(torch.autocast(device.type, dtype=torch.bfloat16), None, "bf16")
+    raise ValueError(f"amp must be one of False, True, 'fp16' or 'bf16'; got {amp!r}")
 
 
 # -------------------------------------------------------------------------------------------
-# What kdlib.train.fit uses under a process group.
+# What kdlib.train.fit uses under a process group
 class _Trained(nn.Module):
-    """The model and its ``extra_modules`` (projectors) as one module, so one DDP syncs both.
-
-    Its forward is the model's: DDP's bookkeeping runs on every ``loss_fn`` call of the
-    model, while projectors, called directly inside ``loss_fn``, still get their gradients
-    averaged because DDP hooks every parameter it was given.
-    """
+    """The model and its ``extra_modules`` (projectors) as one module, so one DDP syncs both."""
 
     def __init__(self, model: nn.Module, extra_modules: Sequence[nn.Module]):
         super().__init__()
@@ -121,19 +168,17 @@ class _Trained(nn.Module):
         return self.model(*args, **kwargs)
 
 
-def _wrap(
+def wrap(
     model: nn.Module,
     extra_modules: Sequence[nn.Module],
     trained: Iterable[nn.Parameter],
     device: torch.device,
 ) -> nn.Module:
-    """``DistributedDataParallel`` over the model and extra modules.
-
-    Parameters the optimiser does not train (e.g. a frozen head in a FitNets hint stage) are
-    left out of the gradient all-reduce: DDP would otherwise wait for gradients that never
-    come. DDP's constructor broadcasts rank 0's parameters and buffers, so every rank starts
-    from the same weights whatever its own initialisation was.
+    """``model`` itself on one process; in a group, one ``DistributedDataParallel`` over the model
+    and ``extra_modules``, leaving parameters outside ``trained`` out of the all-reduce.
     """
+    if not is_distributed():
+        return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     joint = _Trained(model, extra_modules)
@@ -145,33 +190,64 @@ def _wrap(
     return DDP(joint, device_ids=ids_)
 
 
-def _comm_device() -> torch.device:
-    """Where small tensors for collectives live: CUDA for NCCL, CPU for gloo."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+def finish_epoch(
+    loss_sum: float, seen: int, seconds: float, modules: Iterable[nn.Module]
+) -> tuple[float, float]:
+    """Mean loss and seconds of an epoch over all ranks; rank 0's buffers (batch-norm
+    statistics, which drift apart per shard) copied to every rank.
+    """
+    if not is_distributed():
+        return loss_sum / seen, seconds
+    loss_sum, seen = all_reduce([loss_sum, seen])
+    seconds = all_reduce([seconds], op="max")[0]
+    for m in modules:
+        for b in m.buffers():
+            dist.broadcast(b, src=0)
+    return loss_sum / seen, seconds
 
 
-def _all_reduce(values: Sequence[float], op: str = "sum") -> list[float]:
+def all_reduce(values: Sequence[float], op: str = "sum") -> list[float]:
     """Sum (or max) a few numbers over all ranks; every rank gets the result."""
-    t = torch.tensor(list(values), dtype=torch.float64, device=_comm_device())
+    if not is_distributed():
+        return [float(v) for v in values]
+    dev = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        dev = torch.device("cuda", torch.cuda.current_device())
+    t = torch.tensor(list(values), dtype=torch.float64, device=dev)
     dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return t.tolist()
 
 
-def _broadcast(obj, src: int = 0):
+def average(row: dict) -> dict:
+    """The numeric entries of ``row`` averaged over the ranks (other entries kept)."""
+    keys = sorted(
+        k for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    )
+    if not keys or not is_distributed():
+        return row
+    sums = all_reduce([float(row[k]) for k in keys])
+    return {**row, **{k: v / world_size() for k, v in zip(keys, sums, strict=True)}}
+
+
+def broadcast(obj, src: int = 0):
     """Rank ``src``'s ``obj`` on every rank (any picklable value)."""
+    if not is_distributed():
+        return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
 
 
-def _sync_buffers(modules: Iterable[nn.Module]) -> None:
-    """Copy rank 0's buffers (batch-norm statistics) to every rank.
-
-    Inside each forward DDP does this before the step, but every rank then updates its own
-    running statistics from its own shard, so after the last step they differ slightly.
-    """
-    for m in modules:
-        for b in m.buffers():
-            dist.broadcast(b, src=0)
+@contextmanager
+def explain_errors():
+    """Turn DDP's "finished reduction" error into advice on ``params=``."""
+    try:
+        yield
+    except RuntimeError as e:
+        if is_distributed() and "finished reduction" in str(e):
+            raise RuntimeError(
+                "under torch.distributed every parameter the optimiser trains must get a "
+                "gradient at every step; pass params= with only the parameters this loss "
+                f"trains (fit then leaves the others out of DDP's all-reduce). DDP said: {e}"
+            ) from e
+        raise

@@ -1,21 +1,15 @@
 """Weight pruning: masks that zero weights, and structured pruning that removes them.
 
 Masks come from ``torch.nn.utils.prune``: a pruned layer keeps ``weight_orig`` (a parameter)
-and ``weight_mask`` (a buffer), and a forward pre-hook recomputes ``weight = weight_orig *
-weight_mask`` before every forward, so a masked weight stays exactly zero however
-``weight_orig`` is trained. On top of that this module offers magnitude pruning per layer or
-over several layers together (:func:`magnitude_prune`, :func:`prune_to_sparsity`), a report
-measured on the effective weights (:func:`sparsity_report`), :func:`make_permanent`, saving
-and loading masked or permanent models (:func:`save_pruned`, :func:`load_pruned`), iterative
-prune → fine-tune cycles (Han et al. 2015, :func:`iterative_prune`, reusing
-:func:`kdlib.train.fit`), Zhu & Gupta's cubic schedule (:func:`agp_schedule`, usable as a
-``fit`` callback) and a per-layer sensitivity scan (:func:`sensitivity_scan`). Masking makes a
-model neither smaller nor faster; :func:`structured_prune` masks whole units or channels
-(ranked by L1/L2 norm) and :func:`shrink` then rebuilds the model without them, slicing the
-next layer's inputs, for ``Linear → Linear``, ``Conv → BatchNorm → Conv`` and ``Conv →
-Flatten → Linear`` in (nested) ``nn.Sequential`` models. For arbitrary graphs (residual
-connections, concatenations, attention) use Torch-Pruning
-(https://github.com/VainF/Torch-Pruning), which traces dependencies between layers.
+and ``weight_mask`` (a buffer), and a forward pre-hook computes ``weight = weight_orig *
+weight_mask`` before every forward, so a masked weight stays exactly zero while training.
+Magnitude pruning per layer or over several layers together, iterative prune → fine-tune
+cycles (Han et al. 2015) on :func:`kdlib.train.fit`, Zhu & Gupta's cubic schedule and a
+per-layer sensitivity scan build on that. Masking makes a model neither smaller nor faster:
+:func:`structured_prune` masks whole units or channels and :func:`shrink` rebuilds the model
+without them, for ``Linear → Linear``, ``Conv → BatchNorm → Conv`` and ``Conv → Flatten →
+Linear`` chains in (nested) ``nn.Sequential`` models. For arbitrary graphs (residual
+connections, concatenations) use Torch-Pruning (https://github.com/VainF/Torch-Pruning).
 """
 
 from __future__ import annotations
@@ -32,29 +26,16 @@ import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
+from . import validate as V
 from .data import Dataset
 from .train import History, evaluate, fit
 
 __all__ = [
-    "prunable_layers",
-    "magnitude_prune",
-    "prune_to_sparsity",
-    "SparsityReport",
-    "sparsity_report",
-    "make_permanent",
-    "save_pruned",
-    "load_pruned",
-    "unit_norms",
-    "structured_prune",
-    "shrink",
-    "iterative_prune",
-    "AGPSchedule",
-    "agp_schedule",
-    "SparsitySweep",
-    "sparsity_sweep",
-    "Sensitivity",
-    "sensitivity_scan",
-]
+    "prunable_layers", "magnitude_prune", "prune_to_sparsity", "SparsityReport", "sparsity_report",
+    "make_permanent", "save_pruned", "load_pruned", "unit_norms", "structured_prune", "shrink",
+    "iterative_prune", "AGPSchedule", "agp_schedule", "SparsitySweep", "sparsity_sweep",
+    "Sensitivity", "sensitivity_scan"
+]  # fmt: skip
 
 # Layers whose ``weight`` the course prunes.
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -64,15 +45,7 @@ _TORCH_PRUNING = "for arbitrary graphs use Torch-Pruning (https://github.com/Vai
 # --------------------------------------------------------------------------------------------
 # Choosing layers and checking amounts
 def prunable_layers(model: nn.Module, layers: Iterable[str] | None = None) -> dict[str, nn.Module]:
-    """The layers pruning acts on: every ``Linear``/``Conv`` by its dotted name, or ``layers``.
-
-    Args:
-        model: any module.
-        layers: names as in ``model.named_modules()`` (``"fc1"``, ``"stage2.conv"``);
-            ``None`` takes every prunable layer.
-
-    Returns:
-        ``{name: module}`` in model order.
+    """The layers pruning acts on: every ``Linear``/``Conv`` by dotted name, or ``layers``.
 
     Example:
         >>> list(prunable_layers(kdlib.model("lenet-300-100")))
@@ -114,6 +87,15 @@ def _check_amount(amount, size: int, what: str) -> int:
     return round(float(amount) * size)
 
 
+def _check_not_all(amount, size: int, what: str) -> None:
+    # a layer without weights computes nothing: never what a fraction of 1.0 was meant to do
+    if _check_amount(amount, size, what) >= size > 0:
+        raise ValueError(
+            f"amount={amount} would prune all {size} remaining weights of {what}, leaving "
+            "nothing to compute with; use an amount below 1 (e.g. 0.99)"
+        )
+
+
 def _mask(module: nn.Module, name: str = "weight") -> torch.Tensor:
     """The current mask of ``module.name`` (ones if it is not pruned)."""
     mask = getattr(module, name + "_mask", None)
@@ -121,11 +103,7 @@ def _mask(module: nn.Module, name: str = "weight") -> torch.Tensor:
 
 
 def _effective(module: nn.Module, name: str = "weight") -> torch.Tensor:
-    """``name_orig * name_mask`` for a pruned tensor, else the tensor itself.
-
-    Computed afresh rather than read from ``module.weight``, which the forward pre-hook only
-    refreshes at the next forward.
-    """
+    """``name_orig * name_mask`` for a pruned tensor (computed afresh), else the tensor."""
     if hasattr(module, name + "_orig"):
         return getattr(module, name + "_orig") * getattr(module, name + "_mask")
     return getattr(module, name)
@@ -139,22 +117,19 @@ def magnitude_prune(
     scope: str = "layer",
     layers: Iterable[str] | None = None,
 ) -> nn.Module:
-    r"""Zero the weights of smallest magnitude, with ``torch.nn.utils.prune`` masks (in place).
+    r"""Zero the weights of smallest magnitude with ``torch.nn.utils.prune`` masks (in place).
 
-    With ``scope="layer"`` each layer loses ``amount`` of its own weights
-    (``prune.l1_unstructured``); with ``scope="global"`` the smallest :math:`|w|` over all
-    chosen layers together go (``prune.global_unstructured``), so layers with many small
-    weights lose more. As in torch, ``amount`` counts among the weights still unmasked:
-    pruning 0.5 twice leaves 25% (the masks compose like torch's ``PruningContainer``).
-    Use :func:`prune_to_sparsity` to reach a given overall sparsity instead.
+    ``scope="layer"``: each layer loses ``amount`` of its own weights (``l1_unstructured``);
+    ``scope="global"``: the smallest :math:`|w|` over all chosen layers together
+    (``global_unstructured``). As in torch, ``amount`` counts among the weights still unmasked:
+    0.5 twice leaves 25%. An amount that would mask every weight is refused.
 
     Args:
-        model: the model to prune (modified in place and returned).
-        amount: fraction in [0, 1] or int count of the remaining weights to prune; with
-            ``scope="layer"`` also a dict ``{layer: amount}`` (e.g. from
-            :meth:`Sensitivity.suggest`).
+        model: the model (modified in place and returned).
+        amount: fraction in [0, 1) or int count of the remaining weights; with
+            ``scope="layer"`` also ``{layer: amount}`` (e.g. :meth:`Sensitivity.suggest`).
         scope: ``"layer"`` or ``"global"``.
-        layers: layer names (default: every Linear/Conv, the output layer included).
+        layers: layer names (default: every Linear/Conv).
 
     Example:
         >>> net = magnitude_prune(kdlib.model("lenet-300-100"), 0.9, scope="global")
@@ -175,16 +150,12 @@ def magnitude_prune(
         amounts = dict.fromkeys(chosen, amount)
     if scope == "global":
         left = sum(int(_mask(m).sum()) for m in chosen.values())
-        _check_amount(amount, left, "the chosen layers together")
-        torch_prune.global_unstructured(
-            [(m, "weight") for m in chosen.values()],
-            pruning_method=torch_prune.L1Unstructured,
-            amount=amount,
-        )
+        _check_not_all(amount, left, "the chosen layers together")
+        _prune_global(chosen, amount)
         return model
     # Check every layer first, so a bad amount leaves the model untouched.
     for name, m in chosen.items():
-        _check_amount(amounts[name], int(_mask(m).sum()), f"layer {name!r}")
+        _check_not_all(amounts[name], int(_mask(m).sum()), f"layer {name!r}")
     for name, m in chosen.items():
         torch_prune.l1_unstructured(m, "weight", amount=amounts[name])
     return model
@@ -196,23 +167,12 @@ def prune_to_sparsity(
     scope: str = "global",
     layers: Iterable[str] | None = None,
 ) -> nn.Module:
-    """Prune by magnitude until ``sparsity`` of the chosen weights are masked (in place).
+    """Prune by magnitude until ``sparsity`` in [0, 1) of the chosen weights are masked.
 
-    The amount of each step is worked out from the masks already there, so calling this
-    with 0.5, then 0.8, then 0.9 leaves exactly 90% masked; existing masks are kept (a
-    sparsity below the current one prunes nothing more).
-
-    Args:
-        model: the model (modified in place and returned).
-        sparsity: target fraction of masked weights in [0, 1).
-        scope: ``"global"`` (one threshold for all chosen layers) or ``"layer"`` (each layer
-            reaches ``sparsity`` on its own).
-        layers: layer names (default: every Linear/Conv).
+    Existing masks are kept and counted: 0.5, then 0.8, then 0.9 leaves exactly 90% masked.
+    ``scope="global"`` uses one threshold for all chosen layers, ``"layer"`` one per layer.
     """
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
-        raise TypeError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity={sparsity} must be in [0, 1): 1 would remove every weight")
+    V.number("sparsity", sparsity, 0, 1, open_high=True)
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
     chosen = prunable_layers(model, layers)
@@ -221,19 +181,21 @@ def prune_to_sparsity(
         total = sum(_mask(m).numel() for m in group.values())
         masked = sum(int((_mask(m) == 0).sum()) for m in group.values())
         more = max(round(sparsity * total) - masked, 0)
-        magnitude_prune(model, more, scope="global", layers=list(group))
+        _prune_global(group, more)
     return model
+
+
+def _prune_global(chosen: dict[str, nn.Module], amount) -> None:
+    """Mask the ``amount`` smallest ``|w|`` over the chosen layers together."""
+    modules = [(m, "weight") for m in chosen.values()]
+    torch_prune.global_unstructured(modules, torch_prune.L1Unstructured, amount=amount)
 
 
 # --------------------------------------------------------------------------------------------
 # Measuring, making permanent, saving and loading
 @dataclass
 class SparsityReport:
-    """Zeros per layer and in total, counted on the effective weights (``orig × mask``).
-
-    ``report.sparsity`` is the total fraction of zero weights; ``report["fc1"]`` one layer's;
-    ``str(report)`` a table. Biases are not counted: pruning acts on weights.
-    """
+    """Zeros per layer and in total, on the effective weights (biases not counted)."""
 
     layers: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (zeros, numel)
 
@@ -267,15 +229,10 @@ class SparsityReport:
 
 
 def sparsity_report(model: nn.Module, layers: Iterable[str] | None = None) -> SparsityReport:
-    """Zero weights of each prunable layer and in total, on the *effective* weights.
-
-    ``weight_orig`` keeps its values under a mask, so counting zeros there would report a
-    pruned model as dense; the effective weight ``weight_orig * weight_mask`` is what the
-    model computes with.
+    """Zero weights per prunable layer and in total, on the *effective* weights ``orig × mask``.
 
     Example:
-        >>> net = kdlib.model("tiny")
-        >>> print(sparsity_report(magnitude_prune(net, 0.5)))  # doctest: +SKIP
+        >>> print(sparsity_report(magnitude_prune(kdlib.model("tiny"), 0.5)))  # doctest: +SKIP
     """
     report = SparsityReport()
     for name, m in prunable_layers(model, layers).items():
@@ -294,11 +251,7 @@ def _pruned_tensors(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 
 def _clone(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy`` that also works on masked models.
-
-    A masked layer's ``weight`` is ``weight_orig * weight_mask``, a non-leaf tensor that
-    deepcopy refuses; recomputing it without autograd (as the next forward would) fixes that.
-    """
+    """``copy.deepcopy`` that also works on masked models (their ``weight`` is no leaf)."""
     with torch.no_grad():
         for m, name in _pruned_tensors(model):
             setattr(m, name, _effective(m, name))
@@ -306,11 +259,7 @@ def _clone(model: nn.Module) -> nn.Module:
 
 
 def make_permanent(model: nn.Module) -> nn.Module:
-    """Fold every mask into its weight with ``prune.remove`` (in place).
-
-    Afterwards the zeros are ordinary values of ``weight``: no ``weight_orig``, no mask, no
-    hook, and training would move them again. The model is not smaller (see :func:`shrink`).
-    """
+    """Fold every mask into its weight with ``prune.remove`` (in place); no smaller model."""
     for m, name in _pruned_tensors(model):
         torch_prune.remove(m, name)
     return model
@@ -319,72 +268,62 @@ def make_permanent(model: nn.Module) -> nn.Module:
 def save_pruned(model: nn.Module, path: str | os.PathLike) -> Path:
     """Save a pruned model's state dict, masked (``*_orig`` + ``*_mask``) or permanent.
 
-    The file holds only tensors and strings, so :func:`load_pruned` reads it with
-    ``torch.load(weights_only=True)``; it is written to a temporary name and renamed, so an
-    interrupted save never leaves a file that looks valid.
+    The file holds only tensors and strings (read with ``torch.load(weights_only=True)``),
+    with each layer's type, and is written atomically.
     """
-    path = Path(path)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": "kdlib-pruned-1", "state_dict": state}, tmp)
-    tmp.replace(path)
-    return path
+    layers = {n: type(m).__name__ for n, m in model.named_modules() if n}
+    with V.atomic_path(path) as tmp:
+        torch.save({"format": "kdlib-pruned-1", "state_dict": state, "layers": layers}, tmp)
+    return Path(path)
 
 
 def load_pruned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a file from :func:`save_pruned` into ``model`` (same architecture), in place.
 
-    Masks in the file are re-created with ``torch.nn.utils.prune`` (so the model is masked
-    again, hooks included); layers the file holds at another size, as :func:`shrink` leaves
-    them, are rebuilt at that size first.
+    Masks in the file are re-created with ``torch.nn.utils.prune``; layers the file holds
+    smaller, as :func:`shrink` leaves them, are rebuilt at that size. A file of another
+    architecture (other layer names or types, a tensor the model lacks, a larger layer) is
+    refused before ``model`` is touched.
     """
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or saved.get("format") != "kdlib-pruned-1":
         raise ValueError(f"{path} is not a file written by kdlib.save_pruned")
+    _load_into(_clone(model), saved, path)  # every check on a copy first
+    return _load_into(model, saved, path)
+
+
+def _load_into(model: nn.Module, saved: dict, path) -> nn.Module:
     state = saved["state_dict"]
+    layers = {n: type(m).__name__ for n, m in model.named_modules() if n}
+    if saved.get("layers", layers) != layers:
+        theirs = saved["layers"]
+        diff = sorted(n for n in set(layers) | set(theirs) if layers.get(n) != theirs.get(n))
+        pairs = [f"{n}: file {theirs.get(n)}, model {layers.get(n)}" for n in diff[:5]]
+        raise ValueError(f"{path} holds another architecture: {'; '.join(pairs)}")
     make_permanent(model)
+    plain = {k.removesuffix("_orig"): v for k, v in state.items() if not k.endswith("_mask")}
+    ours = model.state_dict()
+    for key in sorted(set(plain) ^ set(ours)):
+        where = "the model lacks" if key in plain else "the file lacks"
+        raise ValueError(f"{path} does not fit this model: {where} {key!r}")
     for mod_name, module in list(model.named_modules()):
-        for key in (f"{mod_name}.weight", f"{mod_name}.weight_orig"):
-            key = key.lstrip(".")
-            if key in state and state[key].shape != getattr(module, "weight", state[key]).shape:
-                _set_module(model, mod_name, _blank_like(module, state[key].shape))
+        w = plain.get(f"{mod_name}.weight".lstrip("."))
+        if w is not None and w.shape != module.weight.shape:
+            if any(a > b for a, b in zip(w.shape, module.weight.shape, strict=True)):
+                raise ValueError(
+                    f"{path} holds layer {mod_name!r} with weight {tuple(w.shape)}, larger "
+                    f"than the model's {tuple(module.weight.shape)}: another architecture"
+                )
+            _set_module(model, mod_name, _resized(module, *w.shape[:2]))
     for key in state:
         if key.endswith("_mask"):
             mod_name, _, tensor = key[: -len("_mask")].rpartition(".")
-            module = model.get_submodule(mod_name) if mod_name else model
-            if not isinstance(getattr(module, tensor, None), torch.Tensor):
-                raise ValueError(f"{path} has a mask {key!r} for a tensor the model lacks")
-            torch_prune.identity(module, tensor)
+            torch_prune.identity(model.get_submodule(mod_name) if mod_name else model, tensor)
     model.load_state_dict(state)
     for m, name in _pruned_tensors(model):
         setattr(m, name, _effective(m, name))  # what the next forward would compute
     return model
-
-
-def _blank_like(module: nn.Module, shape: torch.Size) -> nn.Module:
-    """A layer like ``module`` with a weight of ``shape`` (values to be loaded)."""
-    if isinstance(module, nn.Linear):
-        return nn.Linear(shape[1], shape[0], bias=module.bias is not None)
-    if isinstance(module, nn.Conv2d) and module.groups == 1:
-        return nn.Conv2d(
-            shape[1],
-            shape[0],
-            module.kernel_size,
-            stride=module.stride,
-            padding=module.padding,
-            dilation=module.dilation,
-            bias=module.bias is not None,
-            padding_mode=module.padding_mode,
-        )
-    if isinstance(module, _BATCHNORM):
-        return type(module)(
-            shape[0],
-            eps=module.eps,
-            momentum=module.momentum,
-            affine=module.affine,
-            track_running_stats=module.track_running_stats,
-        )
-    raise ValueError(f"cannot resize {type(module).__name__} to the saved shape {tuple(shape)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,30 +332,14 @@ _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
 # Modules that act on each unit/channel separately and map 0 to 0, so a unit that is zero
 # before them is zero after them and can be removed together with its inputs downstream.
 _PASS_THROUGH = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Tanh,
-    nn.Hardtanh,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.Identity,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
+    (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Hardtanh)
+    + (nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d, nn.AvgPool2d)
+    + (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 )
 
 
 def unit_norms(module: nn.Module, norm: int | float = 1) -> torch.Tensor:
-    r"""The :math:`L_p` norm of each output unit's (Linear) or channel's (Conv) weights.
-
-    Row :math:`j` of a Linear weight, or filter :math:`j` of a conv weight, is unit
-    :math:`j`'s incoming weights; a small norm means the unit contributes little. Computed
-    on the effective (masked) weights, as ``prune.ln_structured(..., dim=0)`` ranks them.
+    r"""The :math:`L_p` norm of each output unit's (Linear) or channel's (Conv) effective weights.
 
     Shape:
         weight ``(out, in)`` or ``(out, in, kH, kW)``; output ``(out,)``.
@@ -551,21 +474,18 @@ def structured_prune(
 ) -> nn.Module:
     r"""Mask whole units (Linear) or channels (Conv) of smallest :math:`L_p` norm (in place).
 
-    Each chosen layer loses ``amount`` of its remaining output units, ranked by
-    :func:`unit_norms` with ``prune.ln_structured(dim=0)``. Every parameter that feeds a
-    removed unit is masked too (its bias, and the weight and bias of a BatchNorm after it),
-    so the unit's output is exactly zero for any input. The model keeps its size until
-    :func:`shrink` removes the zero units; the two give the same outputs.
+    Each chosen layer loses ``amount`` of its remaining output units (``prune.ln_structured``,
+    ``dim=0``). The bias and a following BatchNorm's weight and bias are masked too, so a removed
+    unit outputs exactly zero; :func:`shrink` then removes it.
 
     Args:
         model: a (nested) ``nn.Sequential`` model, modified in place and returned.
         amount: fraction in [0, 1) or int count of each layer's remaining units.
-        norm: 1 (L1) or 2 (L2), the ``n`` of ``prune.ln_structured``.
+        norm: 1 (L1) or 2 (L2).
         layers: Linear/Conv layers to prune (default: all but the output layer).
 
     Example:
-        >>> net = kdlib.model("hinton-student")
-        >>> small = shrink(structured_prune(net, 0.5))
+        >>> small = shrink(structured_prune(kdlib.model("hinton-student"), 0.5))
         >>> small.fc1
         Linear(in_features=784, out_features=400, bias=True)
     """
@@ -620,19 +540,26 @@ def _dead_units(g: _Group) -> torch.Tensor:
 
 
 def shrink(model: nn.Module) -> nn.Sequential:
-    """A new, smaller ordinary model without the units whose output is always zero.
+    """A new, smaller model without the units whose output is always zero (the argument is kept).
 
-    Works on a copy (the argument is left as it was): masks are made permanent, then every
-    unit (Linear) or channel (Conv) that is exactly zero — as :func:`structured_prune`
-    leaves them — is removed from its layer and from the next layer's inputs (through
-    BatchNorm, activations, pooling and a Flatten). The result has no masks, fewer
-    parameters and fewer MACs, and computes the same outputs.
+    Masks are made permanent on a copy; every zero unit (Linear) or channel (Conv) is removed
+    from its layer and from the next layer's inputs, through BatchNorm, activations, pooling and
+    a Flatten. The result computes the same outputs with fewer parameters and MACs.
 
     Raises:
-        ValueError: if zero units sit in a layer whose consumer cannot be traced (the
-            message names the module), or if a layer would lose every unit.
+        ValueError: zero units in a layer it cannot rebuild or whose consumer it cannot trace
+            (the message names the module and its type), or a layer that would lose every unit.
     """
     net = make_permanent(_clone(model))
+    for name, m in _leaves(net):  # zero units in a layer shrink cannot rebuild: refuse by name
+        w = getattr(m, "weight", None)
+        known = isinstance(m, (nn.Linear, nn.Conv2d, *_BATCHNORM))
+        if not known and isinstance(w, torch.Tensor) and w.ndim >= 2:
+            if bool((w.detach().flatten(1) == 0).all(1).any()):
+                raise ValueError(
+                    f"layer {name!r} ({type(m).__name__}) has zero units, but shrink rebuilds "
+                    f"only Linear, Conv2d and BatchNorm layers; {_TORCH_PRUNING}"
+                )
     with torch.no_grad():
         keep_out: dict[str, torch.Tensor] = {}
         keep_in: dict[str, tuple[torch.Tensor, int]] = {}
@@ -656,13 +583,10 @@ def shrink(model: nn.Module) -> nn.Sequential:
             if name not in keep_out and name not in keep_in:
                 continue
             if isinstance(module, _BATCHNORM):
-                new = _new_batchnorm(module, keep_out[name])
+                new = _sliced(module, keep_out[name])
             else:
-                out_units = module.weight.shape[0]
-                rows = keep_out.get(name, torch.arange(out_units))
-                cols = _input_columns(module, *keep_in.get(name, (None, 1)))
-                make = _new_linear if isinstance(module, nn.Linear) else _new_conv
-                new = make(module, rows, cols)
+                rows = keep_out.get(name, torch.arange(module.weight.shape[0]))
+                new = _sliced(module, rows, _input_columns(module, *keep_in.get(name, (None, 1))))
             _set_module(net, name, new)
     return net
 
@@ -675,55 +599,41 @@ def _input_columns(module: nn.Module, keep: torch.Tensor | None, spatial: int) -
     return (keep[:, None] * spatial + torch.arange(spatial)).flatten()
 
 
-def _new_linear(old: nn.Linear, rows: torch.Tensor, cols: torch.Tensor) -> nn.Linear:
-    w = old.weight.detach()
-    new = nn.Linear(
-        len(cols), len(rows), bias=old.bias is not None, device=w.device, dtype=w.dtype
-    )
+def _resized(old: nn.Module, n_out: int, n_in: int | None = None) -> nn.Module:
+    """A fresh layer configured like ``old`` with ``n_out`` outputs and ``n_in`` inputs."""
+    w = old.weight
+    kw = dict(device=w.device if w is not None else None)
+    if isinstance(old, nn.Linear):
+        return nn.Linear(n_in, n_out, bias=old.bias is not None, dtype=w.dtype, **kw)
+    if isinstance(old, nn.Conv2d) and old.groups == 1:
+        return nn.Conv2d(
+            n_in, n_out, old.kernel_size, stride=old.stride, padding=old.padding,
+            dilation=old.dilation, bias=old.bias is not None, padding_mode=old.padding_mode,
+            dtype=w.dtype, **kw,
+        )  # fmt: skip
+    if isinstance(old, _BATCHNORM):
+        return type(old)(
+            n_out, eps=old.eps, momentum=old.momentum, affine=old.affine,
+            track_running_stats=old.track_running_stats, **kw,
+        )  # fmt: skip
+    raise ValueError(f"cannot resize a {type(old).__name__} layer; {_TORCH_PRUNING}")
+
+
+def _sliced(old: nn.Module, rows: torch.Tensor, cols: torch.Tensor | None = None) -> nn.Module:
+    """``old`` keeping output units ``rows`` and (Linear/Conv) input columns ``cols``."""
+    new = _resized(old, len(rows), None if cols is None else len(cols))
     with torch.no_grad():
-        new.weight.copy_(w[rows][:, cols])
-        if old.bias is not None:
-            new.bias.copy_(old.bias.detach()[rows])
-    return new.train(old.training)
-
-
-def _new_conv(old: nn.Conv2d, rows: torch.Tensor, cols: torch.Tensor) -> nn.Conv2d:
-    w = old.weight.detach()
-    new = nn.Conv2d(
-        len(cols),
-        len(rows),
-        old.kernel_size,
-        stride=old.stride,
-        padding=old.padding,
-        dilation=old.dilation,
-        bias=old.bias is not None,
-        padding_mode=old.padding_mode,
-        device=w.device,
-        dtype=w.dtype,
-    )
-    with torch.no_grad():
-        new.weight.copy_(w[rows][:, cols])
-        if old.bias is not None:
-            new.bias.copy_(old.bias.detach()[rows])
-    return new.train(old.training)
-
-
-def _new_batchnorm(old: nn.Module, keep: torch.Tensor) -> nn.Module:
-    new = type(old)(
-        len(keep),
-        eps=old.eps,
-        momentum=old.momentum,
-        affine=old.affine,
-        track_running_stats=old.track_running_stats,
-        device=old.weight.device if old.affine else None,
-    )
-    with torch.no_grad():
-        for pname in ("weight", "bias", "running_mean", "running_var"):
-            t = getattr(old, pname, None)
-            if t is not None:
-                getattr(new, pname).copy_(t.detach()[keep])
-        if old.num_batches_tracked is not None:
-            new.num_batches_tracked.copy_(old.num_batches_tracked)
+        if isinstance(old, _BATCHNORM):
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                t = getattr(old, name, None)
+                if t is not None:
+                    getattr(new, name).copy_(t.detach()[rows])
+            if old.num_batches_tracked is not None:
+                new.num_batches_tracked.copy_(old.num_batches_tracked)
+        else:
+            new.weight.copy_(old.weight.detach()[rows][:, cols])
+            if old.bias is not None:
+                new.bias.copy_(old.bias.detach()[rows])
     return new.train(old.training)
 
 
@@ -751,47 +661,29 @@ def iterative_prune(
     progress: bool | None = None,
     **fit_kwargs,
 ) -> History:
-    r"""Prune → fine-tune cycles (Han et al.), the masks held while fine-tuning (in place).
+    r"""Prune → fine-tune cycles (Han et al. 2015), masks held while fine-tuning (in place).
 
-    Step :math:`k = 1..\text{steps}` prunes by magnitude to sparsity :math:`s_k` and then
-    fine-tunes with :func:`kdlib.train.fit` at learning rate ``lr * lr_scale``. The masks
-    stay on while fine-tuning, so pruned weights remain exactly zero and only the survivors
-    adapt. With ``schedule="cubic"`` the :math:`s_k` follow Zhu & Gupta's
-    :func:`agp_schedule` (big steps first, small ones near the target), with ``"linear"``
-    equal steps. The default is therefore a hybrid: Han et al.'s cycles, one global magnitude
-    threshold per step (``scope="global"``), and Zhu & Gupta's cubic spacing of the steps.
-    The model is left masked; call :func:`make_permanent` when done.
+    Step :math:`k` prunes by magnitude to sparsity :math:`s_k` (Zhu & Gupta's cubic
+    :func:`agp_schedule`, or equal steps with ``schedule="linear"``), then fine-tunes with
+    :func:`kdlib.train.fit` at ``lr * lr_scale``. The model is left masked.
 
     Args:
         model: a trained model (pruned in place).
         data: the data set to fine-tune on.
-        target_sparsity: fraction of the chosen weights masked at the end, in [0, 1).
-        steps: number of prune → fine-tune cycles (> 0).
-        finetune_epochs: epochs of fine-tuning after each pruning step (> 0).
-        lr_scale: fine-tuning learning rate as a fraction of ``lr`` (Han et al. lower it).
-        lr: the learning rate the model was trained with.
-        scope: ``"global"`` or ``"layer"``, as in :func:`prune_to_sparsity`.
-        layers: layer names (default: every Linear/Conv).
-        schedule: ``"cubic"`` or ``"linear"`` spacing of the sparsity steps.
+        target_sparsity: masked fraction of the chosen weights at the end, in [0, 1).
+        steps: prune → fine-tune cycles; finetune_epochs: epochs after each pruning step.
+        lr_scale: fine-tuning learning rate as a fraction of ``lr``.
+        scope, layers: as in :func:`prune_to_sparsity`.
         seed, progress, fit_kwargs: passed on to :func:`kdlib.train.fit`.
 
     Returns:
-        One :class:`~kdlib.train.History` over all fine-tuning epochs; each row also has
-        ``step``, ``sparsity`` (masked fraction during that epoch) and, on the first epoch of
-        a step, ``pruned_acc`` (accuracy on ``data``'s test split right after pruning, before
-        fine-tuning). ``history.info["masks"]`` holds a copy of every layer's boolean mask
-        (True = kept) after each step, ``[{layer: mask}, ...]``.
+        One history over all fine-tuning epochs; rows add ``step``, ``sparsity`` and, first in
+        each step, ``pruned_acc``; ``info["masks"]`` holds each step's boolean masks.
     """
-    if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, numbers.Real):
-        raise TypeError(f"target_sparsity must be a number, got {target_sparsity!r}")
-    if not 0 <= target_sparsity < 1:
-        raise ValueError(f"target_sparsity={target_sparsity} must be in [0, 1)")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not isinstance(finetune_epochs, int) or finetune_epochs <= 0:
-        raise ValueError(f"finetune_epochs must be a positive integer, got {finetune_epochs!r}")
-    if not lr_scale > 0:
-        raise ValueError(f"lr_scale must be > 0, got {lr_scale!r}")
+    V.number("target_sparsity", target_sparsity, 0, 1, open_high=True)
+    V.integer("steps", steps)
+    V.integer("finetune_epochs", finetune_epochs)
+    V.number("lr_scale", lr_scale, 0, open_low=True)
     if schedule not in ("cubic", "linear"):
         raise ValueError(f"schedule must be 'cubic' or 'linear', got {schedule!r}")
     chosen = list(prunable_layers(model, layers))
@@ -806,17 +698,9 @@ def iterative_prune(
         prune_to_sparsity(model, s, scope=scope, layers=chosen)
         pruned_acc = evaluate(model, data)["accuracy"]
         first = len(history)
-        fit(
-            model,
-            data,
-            epochs=finetune_epochs,
-            lr=lr * lr_scale,
-            seed=None if seed is None else seed + k,
-            progress=progress,
-            history=history,
-            desc=f"prune step {k}/{steps}",
-            **fit_kwargs,
-        )
+        step_seed = None if seed is None else seed + k
+        fit(model, data, finetune_epochs, lr * lr_scale, seed=step_seed, progress=progress,
+            history=history, desc=f"prune step {k}/{steps}", **fit_kwargs)  # fmt: skip
         sparsity = _masked_fraction(model, chosen)
         for row in history.rows[first:]:
             row["step"], row["sparsity"] = k, sparsity
@@ -836,16 +720,13 @@ def _masked_fraction(model: nn.Module, layers: Sequence[str]) -> float:
 
 @dataclass(frozen=True)
 class AGPSchedule:
-    r"""Zhu & Gupta's gradual pruning schedule (2017): a callable ``t -> s_t``.
+    r"""Zhu & Gupta's gradual pruning schedule (2017), a callable ``t -> s_t``.
 
     .. math::
         s_t = s_f + (s_i - s_f)\left(1 - \frac{t - t_0}{n\,\Delta t}\right)^3
-        \quad\text{for } t_0 \le t \le t_0 + n\,\Delta t,
+        \quad (t_0 \le t \le t_0 + n\,\Delta t)
 
-    :math:`s_i` before :math:`t_0` and :math:`s_f` after. Pruning happens at
-    :math:`t_0, t_0 + \Delta t, \dots, t_0 + n\Delta t` (:attr:`times`); sparsity rises fast
-    while many redundant weights remain, then slowly. :meth:`callback` prunes inside
-    :func:`kdlib.train.fit`, with ``t`` counted in finished epochs.
+    :math:`s_i` before :math:`t_0`, :math:`s_f` after; :meth:`callback` prunes inside ``fit``.
     """
 
     s_i: float  # initial sparsity
@@ -868,9 +749,7 @@ class AGPSchedule:
     def callback(
         self, scope: str = "global", layers: Iterable[str] | None = None
     ) -> Callable[[nn.Module, History], None]:
-        """A ``fit`` callback pruning to ``s_t`` after epoch ``t`` at each pruning time.
-
-        It writes ``sparsity`` (after pruning) into the epoch's history row.
+        """A ``fit`` callback that prunes to ``s_t`` after each epoch ``t`` in :attr:`times`.
 
         Example:
             >>> sched = agp_schedule(0.0, 0.9, t0=1, n=4, dt=1)
@@ -890,29 +769,23 @@ class AGPSchedule:
 
 
 def agp_schedule(s_i: float, s_f: float, t0: float, n: int, dt: float) -> AGPSchedule:
-    r"""Zhu & Gupta's cubic sparsity schedule :math:`s_t` (see :class:`AGPSchedule`).
+    r"""The cubic sparsity schedule :math:`s_t` (see :class:`AGPSchedule`), checked.
 
     Args:
-        s_i: initial sparsity in [0, 1).
-        s_f: final sparsity in [s_i, 1).
-        t0: the step (or epoch) at which pruning starts.
-        n: number of pruning steps (> 0).
-        dt: steps (or epochs) between two pruning steps (> 0).
+        s_i, s_f: initial and final sparsity, ``0 <= s_i <= s_f < 1``.
+        t0: when pruning starts; n: pruning steps (> 0); dt: time between them (> 0).
 
     Example:
         >>> s = agp_schedule(0.0, 0.9, t0=0, n=10, dt=1)
         >>> s(0), round(s(5), 4), s(10)
         (0.0, 0.7875, 0.9)
     """
-    for name, v in (("s_i", s_i), ("s_f", s_f)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v < 1:
-            raise ValueError(f"{name} must be a sparsity in [0, 1), got {v!r}")
+    V.number("s_i", s_i, 0, 1, open_high=True)
+    V.number("s_f", s_f, 0, 1, open_high=True)
     if s_f < s_i:
         raise ValueError(f"s_f={s_f} is below s_i={s_i}: the schedule only adds sparsity")
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
-        raise ValueError(f"n must be a positive integer number of pruning steps, got {n!r}")
-    if not dt > 0:
-        raise ValueError(f"dt must be > 0, got {dt!r}")
+    V.integer("n", n)
+    V.number("dt", dt, 0, open_low=True)
     return AGPSchedule(float(s_i), float(s_f), t0, int(n), dt)
 
 
@@ -943,11 +816,7 @@ def sparsity_sweep(
     split: str = "test",
     keep_masks: bool = False,
 ) -> SparsitySweep:
-    """Prune copies of ``model`` by magnitude to each sparsity and measure accuracy.
-
-    The model itself is not changed. With ``keep_masks`` the masks are returned too, so a
-    widget can show them later without pruning again.
-    """
+    """Accuracy of one-shot magnitude pruning of copies of ``model`` at each sparsity."""
     names = list(prunable_layers(model, layers))
     accs, masks = [], {}
     for s in sparsities:
@@ -974,31 +843,19 @@ class Sensitivity:
         return [self.baseline - a for a in self.accuracy[layer]]
 
     def __str__(self) -> str:
-        head = f"{'layer':<14}" + "".join(f"{a:>8.0%}" for a in self.amounts)
-        rows = [
-            f"{n:<14}" + "".join(f"{a:>8.1%}" for a in accs) for n, accs in self.accuracy.items()
-        ]
-        return "\n".join(
-            [
-                f"{self.split} accuracy when pruned alone (baseline {self.baseline:.1%})",
-                head,
-                *rows,
-            ]
-        )
+        lines = [f"{self.split} accuracy when pruned alone (baseline {self.baseline:.1%})"]
+        lines.append(f"{'layer':<14}" + "".join(f"{a:>8.0%}" for a in self.amounts))
+        for n, accs in self.accuracy.items():
+            lines.append(f"{n:<14}" + "".join(f"{a:>8.1%}" for a in accs))
+        return "\n".join(lines)
 
     def suggest(self, target_sparsity: float) -> dict[str, float]:
         r"""Per-layer amounts reaching ``target_sparsity`` overall at the least predicted loss.
 
-        Each layer's scan gives its accuracy drop :math:`d_\ell` against the number of
-        weights removed (never decreasing, and convexified: the lower convex hull through
-        0). Treating the drops as additive, the cheapest way to remove
-        :math:`s \cdot N` weights takes the hull segments in order of drop per weight
-        removed, so every layer ends where one more weight would cost about as much as in
-        any other layer. Robust layers take most of the sparsity; a fragile one may keep
-        all its weights.
-
-        Returns:
-            ``{layer: amount}``, ready for ``magnitude_prune(model, amounts)``.
+        Each layer's accuracy drop against weights removed is made monotone and convex (its lower
+        hull); treating drops as additive, the hull segments are taken in order of drop per weight,
+        so robust layers take most of the sparsity. Returns ``{layer: amount}`` for
+        :func:`magnitude_prune`.
         """
         if not 0 <= target_sparsity < 1:
             raise ValueError(f"target_sparsity must be in [0, 1), got {target_sparsity!r}")
@@ -1051,18 +908,10 @@ def sensitivity_scan(
     layers: Iterable[str] | None = None,
     split: str = "train",
 ) -> Sensitivity:
-    """Accuracy with each layer pruned alone by magnitude, at each amount.
+    """Accuracy with each layer pruned alone by magnitude, at each amount (copies; model kept).
 
-    Each point prunes a copy of ``model``; the model itself is not changed. The default
-    evaluates on the *train* split: the amounts are then chosen without looking at the test
-    set, which stays an honest final measurement.
-
-    Args:
-        model: a trained model.
-        data: the data set.
-        amounts: fractions of each layer's weights to prune, increasing, in (0, 1].
-        layers: layer names (default: every Linear/Conv).
-        split: ``"train"`` or ``"test"``.
+    The default evaluates on the *train* split, so choosing amounts never looks at the test set.
+    ``amounts`` are increasing fractions in (0, 1].
     """
     amounts = [float(a) for a in amounts]
     if not amounts or any(not 0 < a <= 1 for a in amounts) or amounts != sorted(amounts):

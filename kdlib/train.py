@@ -1,13 +1,12 @@
 """The training core: one loop for the whole course.
 
-:func:`fit` trains a model on a :class:`~kdlib.data.Dataset` with plain cross-entropy by
-default, or with any ``loss_fn(model, X, y, idx)``, which is how distillation, feature
-distillation and pruning reuse this loop instead of copying it. :func:`evaluate` measures
-accuracy and loss; :func:`predict` returns logits without autograd. :func:`seed_everything`
-makes runs repeatable and :func:`get_device` picks cuda → mps → cpu unless told otherwise.
-Every run returns a :class:`History`, one row per epoch. The same loop scales up unchanged:
-``amp`` turns on mixed precision (``torch.autocast``) on CUDA, and inside a
-``torch.distributed`` process group (see :mod:`kdlib.parallel`) it trains data-parallel.
+:func:`fit` trains a model on a :class:`~kdlib.data.Dataset`, with cross-entropy by default or
+with any ``loss_fn(model, X, y, idx)``: distillation, feature distillation and pruning reuse
+this loop instead of copying it. :func:`evaluate` measures accuracy and loss, :func:`predict`
+returns logits without autograd, :func:`seed_everything` makes runs repeatable. Every run
+returns a :class:`History`, one row per epoch. Mixed precision and ``torch.distributed`` data
+parallelism sit behind :mod:`kdlib.parallel`'s functions, so the loop reads the same on a
+laptop and on several GPUs.
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -25,17 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import parallel
+from . import validate as V
 from .data import Dataset, batches
+from .parallel import get_device
 
 __all__ = [
-    "History",
-    "fit",
-    "evaluate",
-    "predict",
-    "seed_everything",
-    "get_device",
-    "progress_default",
-]
+    "History", "TrainConfig", "fit", "evaluate", "predict", "seed_everything", "get_device",
+    "progress_default", "on_device"
+]  # fmt: skip
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[nn.Module, "History"], "str | None"]
@@ -47,27 +42,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def get_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else the best available: cuda → mps → cpu.
-
-    Set ``KDLIB_DEVICE=cpu`` to force a device without editing code. Inside a
-    ``torch.distributed`` group a bare ``"cuda"`` means this process's GPU (``cuda:LOCAL_RANK``
-    once :func:`kdlib.parallel.setup` has run).
-    """
-    if device is None:
-        device = os.environ.get("KDLIB_DEVICE") or None
-    if device is not None:
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} was asked for, but CUDA is not available")
-        return parallel._local_cuda(dev)
-    if torch.cuda.is_available():
-        return parallel._local_cuda(torch.device("cuda"))
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def progress_default() -> bool:
@@ -118,38 +92,43 @@ class History:
         return f"History(epochs={self.epochs}, stop={self.stop_reason!r}, last={last})"
 
 
-def _check_positive(name: str, value) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+@dataclass
+class TrainConfig:
+    """The options of :func:`fit` beyond the model, the data and the loss, one per field."""
+
+    batch_size: int = 128  # examples per step; under torch.distributed the global batch
+    optimizer: str | torch.optim.Optimizer | Callable = "adam"  # "adam", "sgd" (momentum 0.9),
+    # an optimizer class, or an instance (then lr and weight_decay are its own)
+    weight_decay: float = 0.0  # L2 penalty passed to the optimizer
+    schedule: str = "constant"  # or "cosine": decay the lr to 0 over the run, per batch
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # X -> X on each batch
+    device: str | torch.device | None = None  # None: cuda → mps → cpu (see get_device)
+    seed: int | None = None  # seeds shuffling, dropout and augmentation
+    progress: bool | None = None  # tqdm bar over epochs; None: on unless KDLIB_PROGRESS=0
+    evaluate_every: int = 1  # evaluate on the test split every this many epochs (and last)
+    desc: str = "fit"  # label of the progress bar
+    amp: bool | str | None = None  # mixed precision, see kdlib.parallel.mixed_precision
+
+    def __post_init__(self):
+        V.integer("batch_size", self.batch_size)
+        V.integer("evaluate_every", self.evaluate_every, low=0)
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        V.number("weight_decay", self.weight_decay, 0)
+        if self.augment is not None and not callable(self.augment):
+            raise TypeError(f"augment must be a function X -> X, got {self.augment!r}")
+
+
+def _config(options: dict) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"fit() got unknown option(s) {unknown}; options: {sorted(known)}")
+    return TrainConfig(**options)
 
 
 def _cross_entropy(model: nn.Module, X, y, idx) -> torch.Tensor:
     return F.cross_entropy(model(X), y)
-
-
-_AMP_CHOICES = "False, True (float16 on CUDA, off elsewhere), 'fp16' or 'bf16'"
-
-
-def _mixed_precision(amp, dev: torch.device):
-    """``(autocast context, gradient scaler or None, label)`` for ``amp`` on ``dev``.
-
-    float16 needs a gradient scaler (small gradients underflow in float16); bfloat16 has
-    float32's range, so it needs none and also runs on CPUs.
-    """
-    if amp is None:
-        amp = os.environ.get("KDLIB_AMP", "0").lower()
-        amp = {"0": False, "": False, "false": False, "1": True, "true": True}.get(amp, amp)
-    if amp is False or (amp is True and dev.type != "cuda"):
-        return nullcontext(), None, "off" if amp is False else f"off (no CUDA on {dev})"
-    if amp is True or amp == "fp16":
-        if dev.type != "cuda":
-            raise ValueError(f"amp='fp16' needs a CUDA device, but training runs on {dev}")
-        scaler = torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler") else None
-        scaler = scaler or torch.cuda.amp.GradScaler()
-        return torch.autocast("cuda", dtype=torch.float16), scaler, "fp16"
-    if amp == "bf16":
-        return torch.autocast(dev.type, dtype=torch.bfloat16), None, "bf16"
-    raise ValueError(f"amp must be one of {_AMP_CHOICES}; got {amp!r}")
 
 
 def _make_optimizer(optimizer, params, lr: float, weight_decay: float):
@@ -164,27 +143,55 @@ def _make_optimizer(optimizer, params, lr: float, weight_decay: float):
     raise ValueError(f"unknown optimizer {optimizer!r}; use 'adam', 'sgd' or a torch optimizer")
 
 
-def check_output_size(model: nn.Module, data: Dataset) -> None:
-    """Refuse a model whose output size is not the number of classes (one forward, no grad)."""
-    with torch.no_grad(), _eval_mode(model):
-        out = model(data.X_train[:2])
-    if out.ndim != 2 or out.shape[1] != data.num_classes:
-        raise ValueError(
-            f"model outputs shape {tuple(out.shape)} but {data.name!r} has "
-            f"{data.num_classes} classes: the last layer must have {data.num_classes} outputs"
+def on_device(data: Dataset, device: torch.device) -> Dataset:
+    """``data`` on ``device`` (a copy if it is elsewhere); anything but a Dataset is refused."""
+    if not isinstance(data, Dataset):
+        raise TypeError(
+            f"data must be a kdlib Dataset (see Dataset.from_tensors), got {data!r:.80}"
         )
+    return data if data.device == device else data.to(device)
 
 
-@contextmanager
-def _eval_mode(model: nn.Module):
-    """Eval mode inside the block; the previous train/eval state of every module after it."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+def check_model_and_data(model: nn.Module, data: Dataset, device: torch.device) -> Dataset:
+    """``data`` on ``device``, after refusing NaN/inf inputs, labels out of range and a model
+    whose output is not ``(N, num_classes)`` (one forward on two examples, mode restored)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    data = on_device(data, device)
+    for name in ("X_train", "X_test"):
+        bad = ~torch.isfinite(getattr(data, name).flatten(1)).all(1)
+        if bool(bad.any()):
+            rows = torch.nonzero(bad).flatten()[:5].tolist()
+            raise ValueError(f"data.{name} contains NaN or inf (rows {rows}); clean the inputs")
+    C = data.num_classes
+    for split in ("train", "test"):
+        y = getattr(data, f"y_{split}")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= C):
+            raise ValueError(
+                f"{'training' if split == 'train' else 'test'} labels out of range: "
+                f"data.y_{split} holds values in [{int(y.min())}, {int(y.max())}] but "
+                f"{data.name!r} has {C} classes, so labels must be in [0, {C - 1}]"
+            )
+    with torch.no_grad(), V.eval_mode(model):
+        out = model(data.X_train[:2])
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != data.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"model outputs shape {shape} but {data.name!r} has {data.num_classes} classes: "
+            f"the model must return logits (N, {data.num_classes})"
+        )
+    return data
+
+
+def _generator(seed: int | None) -> torch.Generator | None:
+    """The shuffling generator; under torch.distributed one permutation for all ranks."""
+    if not parallel.is_distributed():
+        return seed_everything(seed) if seed is not None else None
+    shared = parallel.broadcast(seed if seed is not None else random.getrandbits(62))
+    if seed is not None:  # dropout and augmentation differ per rank, as between batches
+        seed_everything(seed)
+        torch.manual_seed(seed + parallel.rank())
+    return torch.Generator().manual_seed(shared)
 
 
 def fit(
@@ -193,235 +200,154 @@ def fit(
     epochs: int = 5,
     lr: float = 1e-3,
     *,
-    batch_size: int = 128,
-    optimizer: str | torch.optim.Optimizer | Callable = "adam",
-    weight_decay: float = 0.0,
-    schedule: str = "constant",
     loss_fn: LossFn | None = None,
     params: Iterable[nn.Parameter] | None = None,
     extra_modules: Sequence[nn.Module] = (),
     metrics: Callable[[nn.Module], dict] | None = None,
     callbacks: Sequence[Callback] = (),
-    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    device: str | torch.device | None = None,
-    seed: int | None = None,
-    progress: bool | None = None,
-    evaluate_every: int = 1,
     history: History | None = None,
-    desc: str = "fit",
-    amp: bool | str | None = None,
+    **options,
 ) -> History:
-    """Train ``model`` on ``data.X_train`` and evaluate on ``data.X_test`` after each epoch.
+    """Train ``model`` on ``data.X_train``; evaluate on ``data.X_test`` after each epoch.
+
+    Each step: ``loss = loss_fn(model, X, y, idx)``, then backward and an optimizer step.
 
     Args:
-        model: any ``nn.Module`` mapping ``(N, *input_shape)`` to ``(N, num_classes)`` logits.
-        data: the data set (moved to ``device`` if it is elsewhere).
-        epochs: number of passes over the training split (> 0).
+        model: maps ``(N, *input_shape)`` to ``(N, num_classes)`` logits.
+        data: the data set (moved to the training device if it is elsewhere).
+        epochs: passes over the training split (> 0).
         lr: learning rate (> 0).
-        batch_size: examples per step; under ``torch.distributed`` the *global* batch, split
-            evenly over the processes, so a run gives the same result on any number of them.
-        optimizer: ``"adam"`` (default), ``"sgd"`` (momentum 0.9), an optimizer class, or an
-            optimizer instance (then ``lr`` and ``weight_decay`` are its own).
-        weight_decay: L2 penalty passed to the optimizer.
-        schedule: ``"constant"`` learning rate, or ``"cosine"`` decay to 0 over the run
-            (stepped per batch).
-        loss_fn: ``loss_fn(model, X, y, idx) -> scalar``; default cross-entropy on labels.
-            ``idx`` are the batch's row indices into ``data.X_train``. Under
-            ``torch.distributed``, ``model`` is the ``DistributedDataParallel`` wrapper:
-            call it for the forward pass (that is what synchronises the gradients) and reach
-            layers, e.g. for forward hooks, through your own reference to the model.
-        params: parameters to optimise (default: all of ``model``'s and ``extra_modules``').
-        extra_modules: modules trained alongside ``model`` but not part of it (projectors);
-            they are moved to the device and put in train mode with it.
-        metrics: ``metrics(model) -> dict`` of extra numbers to log after each epoch.
-        callbacks: ``cb(model, history) -> reason or None`` after each epoch; a returned
-            string stops training and becomes ``history.stop_reason``.
-        augment: ``augment(X) -> X`` applied to each training batch.
-        device: ``None`` picks cuda → mps → cpu (see :func:`get_device`). The model,
-            ``extra_modules`` and ``data`` are moved there.
-        seed: seeds weights-independent randomness (shuffling, dropout) for repeatable runs.
-        progress: show a ``tqdm.auto`` bar over epochs (default: on unless
-            ``KDLIB_PROGRESS=0``).
-        evaluate_every: evaluate on the test split every this many epochs (and at the end).
-        history: continue an existing history (rows are appended).
-        desc: label of the progress bar.
-        amp: mixed precision for the forward and loss: ``False``; ``True`` = float16 with
-            a gradient scaler on CUDA and off elsewhere (so one script runs on a laptop and
-            on a GPU); ``"fp16"`` (CUDA only); ``"bf16"`` (CUDA or CPU). ``None`` (default)
-            reads ``KDLIB_AMP`` (``0``, ``1``, ``fp16``, ``bf16``), else off.
+        loss_fn: ``loss_fn(model, X, y, idx) -> scalar`` (default: cross-entropy on labels);
+            ``idx`` are the batch's rows in ``data.X_train``. Call ``model`` for the forward:
+            under ``torch.distributed`` it is the DDP wrapper that synchronises gradients.
+        params: parameters to optimise (default: those of ``model`` and ``extra_modules``).
+        extra_modules: modules trained with ``model`` but not part of it (projectors).
+        metrics: ``metrics(model) -> dict`` of extra numbers logged after each evaluation.
+        callbacks: ``cb(model, history) -> reason or None`` after each epoch; a string stops
+            training and becomes ``history.stop_reason``.
+        history: continue this history (rows are appended).
+        **options: the fields of :class:`TrainConfig`: ``batch_size``, ``optimizer``,
+            ``weight_decay``, ``schedule``, ``augment``, ``device``, ``seed``, ``progress``,
+            ``evaluate_every``, ``desc``, ``amp``.
 
-    Under a ``torch.distributed`` process group of several processes (e.g. started by
-    ``torchrun`` and joined with :func:`kdlib.parallel.setup`), every process calls ``fit``
-    with the same arguments. The model and ``extra_modules`` are trained inside one
-    ``DistributedDataParallel`` (parameters the optimiser does not train are left out of
-    its gradient all-reduce), each process takes its share of every global batch, the epoch
-    loss, test metrics and ``metrics`` are all-reduced so every process holds the same
-    history, callbacks' decision to stop is rank 0's, and only rank 0 shows progress.
-    Batch-norm statistics are computed per process on its share and copied from rank 0 at
-    the end of each epoch.
+    Under a process group (``torchrun`` and :func:`kdlib.parallel.setup`) every process calls
+    ``fit`` alike: each takes its share of every global batch, and epoch loss, test metrics and
+    ``metrics`` are all-reduced, so every process holds the same history.
 
     Returns:
         :class:`History` with ``epoch``, ``loss``, ``seconds`` and, when evaluated,
-        ``test_acc`` and ``test_loss`` per epoch, plus whatever ``metrics`` returns.
-        ``info`` records ``amp`` when it is on and ``world_size`` when distributed.
+        ``test_acc`` and ``test_loss``; ``info`` records ``amp`` and ``world_size`` when used.
 
     Example:
         >>> data = kdlib.load("mnist-5k")
         >>> net = kdlib.model("hinton-student", seed=0)
-        >>> hist = fit(net, data, epochs=3, lr=1e-3, seed=0, progress=False)
-        >>> hist.last("test_acc") > 0.9
+        >>> fit(net, data, epochs=3, lr=1e-3, seed=0).last("test_acc") > 0.9
         True
     """
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs <= 0:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    _check_positive("lr", lr)
-    _check_positive("batch_size", batch_size)
-    dev = get_device(device)
-    autocast, scaler, amp_label = _mixed_precision(amp, dev)
-    distributed = parallel.is_distributed()
-    rank, world = (parallel.rank(), parallel.world_size()) if distributed else (0, 1)
-    if world > batch_size:
-        raise ValueError(
-            f"batch_size={batch_size} is the global batch, shared by {world} processes: "
-            f"it must be at least {world}"
-        )
-    model.to(dev)
-    for m in extra_modules:
+    cfg = _config(options)
+    V.integer("epochs", epochs)
+    V.number("lr", lr, 0, open_low=True)
+    dev = get_device(cfg.device)
+    amp = parallel.mixed_precision(cfg.amp, dev)
+    rank, world = parallel.rank(), parallel.world_size()
+    if world > cfg.batch_size:
+        raise ValueError(f"batch_size={cfg.batch_size} is shared by {world} processes: too small")
+    for m in (model, *extra_modules):
         m.to(dev)
-    if data.device != dev:
-        data = data.to(dev)
-    check_output_size(model, data)
-    if distributed:
-        # One permutation for all ranks (they split each global batch between them); other
-        # randomness (dropout, augment) differs per rank, as it would between batches.
-        shared = parallel._broadcast(seed if seed is not None else random.getrandbits(62))
-        if seed is not None:
-            seed_everything(seed)
-            torch.manual_seed(seed + rank)
-        generator = torch.Generator().manual_seed(shared)
-    else:
-        generator = seed_everything(seed) if seed is not None else None
+    data = check_model_and_data(model, data, dev)
+    generator = _generator(cfg.seed)
+    loss_fn = loss_fn or _cross_entropy
     if params is None:
         params = [p for m in (model, *extra_modules) for p in m.parameters() if p.requires_grad]
-    opt = _make_optimizer(optimizer, list(params), lr, weight_decay)
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
-    train_model = model
-    if distributed:
-        trained = [p for g in opt.param_groups for p in g["params"]]
-        train_model = parallel._wrap(model, extra_modules, trained, dev)
-        history_info = {"world_size": world}
-    else:
-        history_info = {}
-    if amp_label != "off":
-        history_info["amp"] = amp_label
-    steps = epochs * -(-len(data.X_train) // batch_size)  # ceil: batches per epoch × epochs
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if schedule == "cosine" else None
-    )
-    loss_fn = loss_fn or _cross_entropy
-    history = history if history is not None else History()
-    history.info.update(history_info)
-    start_epoch = len(history)
-    progress = (progress_default() if progress is None else progress) and rank == 0
-    epoch_iter: Iterable[int] = range(start_epoch + 1, start_epoch + epochs + 1)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(epoch_iter, desc=desc, leave=False)
-        epoch_iter = bar
-    X_train, y_train = data.X_train, data.y_train
-    try:
-        for epoch in epoch_iter:
-            model.train()
-            for m in extra_modules:
+    opt = _make_optimizer(cfg.optimizer, list(params), lr, cfg.weight_decay)
+    steps = epochs * -(-len(data.X_train) // cfg.batch_size)  # ceil(N / batch) per epoch
+    scheduler = None
+    if cfg.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    trained = [p for g in opt.param_groups for p in g["params"]]
+    train_model = parallel.wrap(model, extra_modules, trained, dev)
+    history = History() if history is None else history
+    history.info.update({"world_size": world} if world > 1 else {})
+    history.info.update({"amp": amp.label} if amp.label != "off" else {})
+    start = len(history)
+    bar = _progress_bar(cfg, rank, range(start + 1, start + epochs + 1))
+    with parallel.explain_errors():
+        for epoch in bar:
+            for m in (model, *extra_modules):
                 m.train()
-            t0 = time.perf_counter()
-            total = torch.zeros((), device=dev)
-            seen = 0
+            t0, total, seen = time.perf_counter(), torch.zeros((), device=dev), 0
             for X, y, idx in batches(
-                X_train, y_train, batch_size, generator=generator, rank=rank, world_size=world
-            ):
-                if augment is not None:
-                    X = augment(X)
-                with autocast:
+                data.X_train, data.y_train, cfg.batch_size, generator=generator,
+                rank=rank, world_size=world,
+            ):  # fmt: skip
+                if cfg.augment is not None:
+                    X = cfg.augment(X)
+                with amp.autocast:
                     loss = loss_fn(train_model, X, y, idx)
-                opt.zero_grad(set_to_none=True)
-                if scaler is None:
-                    loss.backward()
-                    opt.step()
-                else:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
+                amp.step(loss, opt)
                 if scheduler is not None:
                     scheduler.step()
                 total += loss.detach() * len(y)
                 seen += len(y)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
-            row = {
-                "epoch": epoch,
-                "loss": float(total) / seen,
-                "seconds": time.perf_counter() - t0,
-            }
-            if distributed:
-                total_sum, seen_sum = parallel._all_reduce([float(total), seen])
-                row["loss"] = total_sum / seen_sum
-                row["seconds"] = parallel._all_reduce([row["seconds"]], op="max")[0]
-                parallel._sync_buffers((model, *extra_modules))
-            last = epoch == start_epoch + epochs
-            if evaluate_every and ((epoch - start_epoch) % evaluate_every == 0 or last):
-                ev = _evaluate_shared(model, data) if distributed else evaluate(model, data)
+            mean, secs = parallel.finish_epoch(
+                float(total), seen, time.perf_counter() - t0, (model, *extra_modules)
+            )
+            row = {"epoch": epoch, "loss": mean, "seconds": secs}
+            last = epoch == start + epochs
+            if cfg.evaluate_every and ((epoch - start) % cfg.evaluate_every == 0 or last):
+                ev = _evaluate_shared(model, data) if world > 1 else evaluate(model, data)
                 row["test_acc"], row["test_loss"] = ev["accuracy"], ev["loss"]
-                if metrics is not None:
-                    extra = metrics(model)
-                    row.update(_mean_over_ranks(extra) if distributed else extra)
+                row.update(parallel.average(metrics(model)) if metrics is not None else {})
             history.rows.append(row)
-            if bar is not None and "test_acc" in row:
+            if hasattr(bar, "set_postfix") and "test_acc" in row:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", test_acc=f"{row['test_acc']:.3f}")
             reason = next((r for cb in callbacks if (r := cb(model, history))), None)
-            if distributed:
-                reason = parallel._broadcast(reason)  # rank 0 decides, so all ranks stop together
-            if reason:
+            if reason := parallel.broadcast(reason):  # rank 0 decides: all ranks stop together
                 history.stop_reason = str(reason)
                 break
-    except RuntimeError as e:
-        if distributed and "finished reduction" in str(e):
-            raise RuntimeError(
-                "under torch.distributed every parameter the optimiser trains must get a "
-                "gradient at every step; pass params= with only the parameters this loss "
-                f"trains (fit then leaves the others out of DDP's all-reduce). DDP said: {e}"
-            ) from e
-        raise
-    if bar is not None:
+    if hasattr(bar, "close"):
         bar.close()
     model.eval()
     return history
 
 
+def _progress_bar(cfg: TrainConfig, rank: int, epochs: range):
+    show = progress_default() if cfg.progress is None else cfg.progress
+    if not show or rank != 0:
+        return epochs
+    from tqdm.auto import tqdm
+
+    return tqdm(epochs, desc=cfg.desc, leave=False)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, X: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Logits of ``model`` on ``X``, in eval mode and without autograd.
+    """Logits of ``model`` on ``X``, in eval mode and without autograd (mode restored after).
 
-    The model's train/eval mode is restored afterwards. ``X`` is moved to the model's device.
+    ``X`` is moved to the model's device.
 
     Shape:
         X: ``(N, *)``; output ``(N, num_classes)``.
     """
-    dev = next(model.parameters()).device if any(True for _ in model.parameters()) else X.device
-    with _eval_mode(model):
+    V.tensor("X", X)
+    dev = V.device_of(model, X.device)
+    with V.eval_mode(model):
         outs = [model(X[i : i + batch_size].to(dev)) for i in range(0, len(X), batch_size)]
+    if not outs:
+        raise ValueError("X is empty: predict needs at least one example")
+    if not all(isinstance(z, torch.Tensor) for z in outs):
+        kind = type(next(z for z in outs if not isinstance(z, torch.Tensor))).__name__
+        raise TypeError(
+            f"the model returned a {kind}, not a logits tensor: wrap it so that forward "
+            "returns logits only (e.g. lambda x: model(x)[0] in an nn.Module)"
+        )
     return torch.cat(outs)
 
 
 def _evaluate_shared(model: nn.Module, data: Dataset, batch_size: int = 1000) -> dict:
-    """:func:`evaluate` on the test split with the rows shared out over the ranks.
-
-    Each rank scores its slice; correct counts and summed losses are all-reduced, so every
-    rank returns the numbers :func:`evaluate` gives on the whole split.
-    """
+    """:func:`evaluate` on the test split with the rows shared out over the ranks."""
     r, w, n = parallel.rank(), parallel.world_size(), len(data.X_test)
     lo, hi = n * r // w, n * (r + 1) // w
     correct, loss_sum = 0.0, 0.0
@@ -430,27 +356,12 @@ def _evaluate_shared(model: nn.Module, data: Dataset, batch_size: int = 1000) ->
         y = data.y_test[lo:hi].to(logits.device)
         correct = float((logits.argmax(1) == y).sum())
         loss_sum = float(F.cross_entropy(logits, y, reduction="sum"))
-    correct, loss_sum = parallel._all_reduce([correct, loss_sum])
+    correct, loss_sum = parallel.all_reduce([correct, loss_sum])
     return {"accuracy": correct / n, "loss": loss_sum / n}
 
 
-def _mean_over_ranks(row: dict) -> dict:
-    """Average the numeric entries of a metrics row over the ranks (others are kept)."""
-    keys = sorted(
-        k for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-    )
-    if not keys:
-        return row
-    sums = parallel._all_reduce([float(row[k]) for k in keys])
-    w = parallel.world_size()
-    return {**row, **{k: v / w for k, v in zip(keys, sums, strict=True)}}
-
-
 def evaluate(
-    model: nn.Module,
-    data: Dataset,
-    split: str = "test",
-    batch_size: int = 1000,
+    model: nn.Module, data: Dataset, split: str = "test", batch_size: int = 1000
 ) -> dict[str, float]:
     """Accuracy and mean cross-entropy of ``model`` on a split (``"test"`` or ``"train"``).
 

@@ -1,6 +1,7 @@
 """kdlib.distill: frozen teacher, cached vs per-batch teacher logits, history, bad input."""
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -232,9 +233,10 @@ def test_extra_loss_alone_with_extra_modules(small, teacher):
     assert hist["loss"][-1] < hist["loss"][0]
 
 
-def test_loss_module_is_accepted(small, teacher):
+def test_loss_callable_is_accepted(small, teacher):
     a, b = kdlib.model("tiny", seed=0), kdlib.model("tiny", seed=0)
-    distill(a, teacher, small, kdlib.KDLoss(T=2.0, alpha=0.5), epochs=1, seed=0, progress=False)
+    kd = functools.partial(kdlib.kd_loss, T=2.0, alpha=0.5)
+    distill(a, teacher, small, kd, epochs=1, seed=0, progress=False)
     distill(b, teacher, small, "kd", T=2.0, alpha=0.5, epochs=1, seed=0, progress=False)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -253,8 +255,8 @@ def test_teacher_that_is_the_student(small, teacher):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"T": 0}, "temperature T must be a finite number > 0"),
-        ({"T": -2.0}, "temperature T must be a finite number > 0"),
+        ({"T": 0}, "temperature T must be a (finite )?number > 0"),
+        ({"T": -2.0}, "temperature T must be a (finite )?number > 0"),
         ({"alpha": 1.2}, r"alpha must be a number in \[0, 1\]"),
         ({"alpha": -0.5}, r"alpha must be a number in \[0, 1\]"),
         ({"loss": "kl"}, "unknown loss 'kl'"),
@@ -340,7 +342,7 @@ def test_random_shift_moves_each_image_by_whole_pixels():
         seen.add(matches[0])
     assert len(seen) > 10  # each image gets its own shift
     assert torch.equal(random_shift(0)(X), X)
-    with pytest.raises(ValueError, match="max_shift must be a whole number of pixels"):
+    with pytest.raises(ValueError, match="max_shift must be an integer >= 0"):
         random_shift(-1)
     with pytest.raises(ValueError, match=r"needs images \(N, C, H, W\)"):
         random_shift(1)(torch.zeros(3, 4))

@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "kdlib"
 
 
@@ -96,7 +94,6 @@ def test_the_cycle_finder_finds_cycles():
     assert _find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
 
 
-@pytest.mark.xfail(strict=True, reason="train and parallel import each other (being fixed)")
 def test_no_import_cycle():
     cycle = _find_cycle(_graph())
     assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
@@ -110,7 +107,6 @@ def test_core_does_not_import_the_machinery():
             assert not bad, f"{name} imports {bad}"
 
 
-@pytest.mark.xfail(strict=True, reason="train, features, params use private helpers (being fixed)")
 def test_no_private_helper_used_outside_its_module():
     mods = _modules()
     bad = []

@@ -144,15 +144,10 @@ def test_reduction_none_for_combined_losses(pair):
         torch.testing.assert_close(per.sum(), fn(reduction="sum"))
 
 
-def test_modules_call_the_functions(pair):
-    s, t = pair
-    y = torch.arange(len(s)) % s.shape[1]
-    torch.testing.assert_close(L.MSELogitLoss()(s, t), L.mse_logits(s, t))
-    torch.testing.assert_close(L.SoftTargetKLLoss(T=3)(s, t), L.soft_target_kl(s, t, 3))
-    torch.testing.assert_close(L.SoftTargetCELoss(T=3)(s, t), L.soft_target_ce(s, t, 3))
-    torch.testing.assert_close(L.KDLoss(T=3, alpha=0.7)(s, t, y), L.kd_loss(s, t, y, 3, 0.7))
-    torch.testing.assert_close(L.MSEKDLoss(lam=0.5)(s, t, y), L.mse_kd_loss(s, t, y, 0.5))
-    assert "T=3" in repr(L.KDLoss(T=3))
+def test_stateless_loss_modules_are_gone():
+    # a loss module exists only where it holds state (a regressor)
+    for name in ("MSELogitLoss", "SoftTargetKLLoss", "SoftTargetCELoss", "KDLoss", "MSEKDLoss"):
+        assert not hasattr(L, name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,17 +217,17 @@ def test_losses_and_gradients_are_finite_for_huge_logits(data, T):
 @pytest.mark.parametrize("T", [0, 0.0, -1.0, float("nan"), float("inf"), True, "4"])
 def test_bad_temperature(pair, T):
     s, t = pair
-    with pytest.raises(ValueError, match="temperature T must be a finite number > 0"):
+    with pytest.raises(ValueError, match="temperature T must be a (finite )?number > 0"):
         L.soft_target_kl(s, t, T)
     with pytest.raises(ValueError, match="temperature T"):
-        L.KDLoss(T=T)
+        L.kd_loss(s, t, torch.zeros(len(s), dtype=torch.long), T=T)
 
 
 @pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan"), None])
 def test_bad_alpha(pair, alpha):
     s, t = pair
     y = torch.zeros(len(s), dtype=torch.long)
-    with pytest.raises(ValueError, match=r"alpha must be a number in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"alpha must be a (finite )?number in \[0, 1\]"):
         L.kd_loss(s, t, y, 4.0, alpha)
 
 
@@ -297,7 +292,7 @@ def test_soften_is_softmax_of_logits_over_T():
     for T in (0.5, 1.0, 4.0):
         torch.testing.assert_close(L.soften(z, T), torch.softmax(z / T, dim=1))
     assert float(L.soften(torch.tensor([3.0, 0.0]), 1e-3)[0]) == 1.0
-    with pytest.raises(ValueError, match="temperature T must be a finite number > 0"):
+    with pytest.raises(ValueError, match="temperature T must be a (finite )?number > 0"):
         L.soften(z, -1.0)
     with pytest.raises(TypeError, match="logits must be a torch.Tensor"):
         L.soften([1.0, 2.0], 1.0)

@@ -14,7 +14,6 @@ from torch import nn
 
 from kdlib.features import projector
 from kdlib.losses import (
-    AttentionTransferLoss,
     CosineFeatureLoss,
     HintLoss,
     attention_map,
@@ -62,7 +61,6 @@ def test_attention_transfer_loss_is_the_squared_distance_of_the_maps():
     torch.testing.assert_close(attention_transfer_loss(f_s, f_t, reduction="none"), per)
     torch.testing.assert_close(attention_transfer_loss(f_s, f_t), per.mean())
     torch.testing.assert_close(attention_transfer_loss(f_s, f_t, reduction="sum"), per.sum())
-    torch.testing.assert_close(AttentionTransferLoss()(f_s, f_t), per.mean())
 
 
 @settings(max_examples=25, deadline=None)

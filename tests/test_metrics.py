@@ -33,7 +33,7 @@ def test_mean_kl_equals_builtin():
         expected = (p_t * (p_t.log() - F.log_softmax(s / T, 1))).sum(1).mean()
         assert kdlib.mean_kl(s, t, T=T) == pytest.approx(expected.item(), rel=1e-5)
     assert kdlib.mean_kl(t, t) == pytest.approx(0, abs=1e-7)
-    with pytest.raises(ValueError, match="T must be > 0"):
+    with pytest.raises(ValueError, match="T must be a number > 0"):
         kdlib.mean_kl(s, t, T=0)
     with pytest.raises(ValueError, match="differ in shape"):
         kdlib.agreement(s, t[:, :4])
@@ -145,9 +145,9 @@ def test_pareto_front_matches_the_definition(points):
 def test_pareto_front_bad_input():
     with pytest.raises(ValueError, match=r"rows\[1\] has no key 'acc'"):
         kdlib.pareto_front([{"bytes": 1, "acc": 0.5}, {"bytes": 2}], "bytes", "acc")
-    with pytest.raises(ValueError, match=r"rows\[0\]\['acc'\] must be a finite number"):
+    with pytest.raises(ValueError, match=r"rows\[0\]\['acc'\] must be a (finite )?number"):
         kdlib.pareto_front([{"bytes": 1, "acc": float("nan")}], "bytes", "acc")
-    with pytest.raises(ValueError, match="must be a finite number, got '3'"):
+    with pytest.raises(ValueError, match="must be a number, got '3'"):
         kdlib.pareto_front([{"bytes": "3", "acc": 0.5}], "bytes", "acc")
     with pytest.raises(TypeError, match="rows\\[0\\] must be a mapping"):
         kdlib.pareto_front([(1, 0.5)], "bytes", "acc")

@@ -40,7 +40,7 @@ def _random_batchnorm_stats(net):
 # --------------------------------------------------------------------------------------------
 # Masks against torch
 @settings(max_examples=25, deadline=None)
-@given(amount=st.floats(0, 1), seed=st.integers(0, 1000))
+@given(amount=st.floats(0, 0.99), seed=st.integers(0, 1000))  # 1.0 is refused (see below)
 def test_layer_masks_equal_torch_l1_unstructured(amount, seed):
     net, ref = _mlp(seed), _mlp(seed)
     prune.magnitude_prune(net, amount, scope="layer")
@@ -51,9 +51,9 @@ def test_layer_masks_equal_torch_l1_unstructured(amount, seed):
         )
 
 
-# fc1 and fc2 of _mlp hold 20·24 + 24·16 = 864 weights: counts go up to all of them
+# fc1 and fc2 of _mlp hold 20·24 + 24·16 = 864 weights: counts go up to all but one
 @settings(max_examples=25, deadline=None)
-@given(amount=st.one_of(st.floats(0, 1), st.integers(0, 864)), seed=st.integers(0, 1000))
+@given(amount=st.one_of(st.floats(0, 0.999), st.integers(0, 863)), seed=st.integers(0, 1000))
 def test_global_masks_equal_torch_global_unstructured(amount, seed):
     net, ref = _mlp(seed), _mlp(seed)
     prune.magnitude_prune(net, amount, scope="global", layers=["fc1", "fc2"])
@@ -435,8 +435,8 @@ def test_shrink_refuses_zero_units_it_cannot_follow():
         ((0.0, 0.9, 0, 0, 1), "n must be a positive integer"),
         ((0.0, 0.9, 0, -3, 1), "n must be a positive integer"),
         ((0.5, 0.2, 0, 10, 1), "s_f=0.2 is below s_i=0.5"),
-        ((0.0, 1.0, 0, 10, 1), r"s_f must be a sparsity in \[0, 1\)"),
-        ((0.0, 0.9, 0, 10, 0), "dt must be > 0"),
+        ((0.0, 1.0, 0, 10, 1), r"s_f must be a number in \[0, 1\)"),
+        ((0.0, 0.9, 0, 10, 0), "dt must be a number > 0"),
     ],
 )
 def test_schedule_bad_input(args, message):
@@ -447,7 +447,7 @@ def test_schedule_bad_input(args, message):
 def test_iterative_prune_bad_input(data):
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         prune.iterative_prune(kdlib.model("tiny"), data, 0.5, steps=0)
-    with pytest.raises(ValueError, match=r"target_sparsity=1.0 must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"target_sparsity must be a number in \[0, 1\), got 1.0"):
         prune.iterative_prune(kdlib.model("tiny"), data, 1.0, steps=1, finetune_epochs=1)
 
 
@@ -463,8 +463,8 @@ def test_compare_latency_times_every_model_in_turns():
 
 @pytest.mark.slow
 def test_iterative_lenet_keeps_under_a_tenth_within_half_a_point():
-    """The issue's target, as the results command runs it: LeNet-300-100 on mnist-5k keeps
-    ≤ 10% of its weights after iterative pruning, mean test accuracy over 3 seeds within
+    """The course's pruning target, as the results command runs it: LeNet-300-100 on mnist-5k
+    keeps ≤ 10% of its weights after iterative pruning, mean test accuracy over 3 seeds within
     0.5 points of the dense models."""
     from kdlib.course.results import ITERATIVE, PRUNE_MODEL
 

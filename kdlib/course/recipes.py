@@ -204,7 +204,7 @@ def trained_teacher(
     net = _load_cached(path, preset, data) if cache and path.exists() else None
     if parallel.is_distributed():
         # Under torchrun all ranks train together (DDP), so they must agree to load or train.
-        if parallel._all_reduce([float(net is not None)])[0] < parallel.world_size():
+        if parallel.all_reduce([float(net is not None)])[0] < parallel.world_size():
             net = None
     if net is not None:
         net.to(device if device is not None else data.device)
