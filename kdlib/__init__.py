@@ -1,9 +1,11 @@
-"""kdlib: the small library behind the course on knowledge distillation and pruning.
+"""kdlib: the small library behind the course on knowledge distillation, pruning and
+quantization.
 
 One topic per module: ``data``, ``models``, ``train`` (and ``parallel``, its device,
 multi-process and mixed-precision side), ``metrics``, ``losses``, ``distill``, ``features``,
-``params``, ``prune``, ``guards`` and ``validate`` (argument checks shared by all). Their public
-functions are re-exported here.
+``params``, ``prune``, ``quant``, ``guards`` and ``validate`` (argument checks shared by all).
+Their public functions are re-exported here, except ``quant``'s: ``kdlib.quant`` loads on first
+use, since importing torchao takes a few seconds.
 
 The course's own machinery (trained teachers and their cache, results tables, plots, widgets,
 exercise checkers, the grader, the notebook runner) lives in :mod:`kdlib.course`, which
@@ -168,10 +170,10 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The course's machinery loads on first use (kdlib.course), so `import kdlib` stays the
-    # library: no plotting, widget or grading modules in a script that only trains.
-    if name == "course":
+    # Two modules load on first use: the course's machinery (kdlib.course), so `import kdlib`
+    # stays the library, and quantization (kdlib.quant), whose torchao import takes seconds.
+    if name in ("course", "quant"):
         import importlib
 
-        return importlib.import_module(".course", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'kdlib' has no attribute {name!r}")

@@ -279,6 +279,29 @@ def _kd_teacher_only(s, t, y, T, a):
 L1 = lambda w: w.abs().sum(1)  # noqa: E731
 PROD = lambda w1, w2: w1.norm(dim=1) * w2.norm(dim=0)  # noqa: E731
 
+
+def _fq(clamp=True, dz_q=0, dz_dq=0, ste="round", rounding=torch.round, code=False):
+    """Fake quantization with one classic mistake switched on."""
+
+    def fake_quant(x, scale, zero_point, qmin, qmax):
+        r = x / scale
+        if ste == "round":  # the straight-through trick on round only (correct)
+            r = r + (rounding(r) - r).detach()
+        else:  # torch.round's own gradient (zero), or "whole": replaced below
+            r = rounding(r)
+        q = r + zero_point + dz_q
+        if clamp:
+            q = torch.clamp(q, qmin, qmax)
+        if code:
+            return q
+        out = scale * (q - zero_point - dz_dq)
+        if ste == "whole":  # straight through everything, clamp included
+            out = x + (out - x).detach()
+        return out
+
+    return fake_quant
+
+
 CLASSIC_MISTAKES = [
     # soft-target loss: the three classic mistakes, and their neighbours
     ("soft_target_loss", lambda s, t, T: _kl(s, t, T), "divided by T²"),
@@ -413,7 +436,22 @@ CLASSIC_MISTAKES = [
     ("prune_finetune", _prune_loop(scope="global"), "globally"),
     ("prune_finetune", _prune_loop(finetune_first=True), "fine-tune after pruning"),
     ("prune_finetune", lambda m, b, a, r, lr: None, "return the model"),
+    # fake quantization: the three named mistakes, and the others
+    ("fake_quant", _fq(clamp=False), "never clamp"),
+    ("fake_quant", _fq(dz_q=1), "zero-point is off by one (+1 when quantizing)"),
+    ("fake_quant", _fq(dz_q=-1), "zero-point is off by one (-1 when quantizing)"),
+    ("fake_quant", _fq(dz_dq=1), "zero-point is off by one (+1 when dequantizing)"),
+    ("fake_quant", _fq(ste="none"), "gradient of round is left at zero"),
+    ("fake_quant", _fq(ste="whole"), "even where the clamp cuts"),
+    ("fake_quant", _fq(code=True), "integer code"),
+    ("fake_quant", _fq(rounding=torch.floor), "not down (floor)"),
+    ("fake_quant", _fq(rounding=torch.trunc), "not toward zero"),
+    ("fake_quant", lambda x, s, z, lo, hi: _fq()(x.detach(), s, z, lo, hi), "no gradient"),
     # questions about a result
+    ("clamp_answer", 2.0, "the clamp saturates it"),
+    ("clamp_answer", 7, "the code q"),
+    ("clamp_answer", 0.8, "not 8"),
+    ("clamp_answer", 0.5, "clamp it to"),
     ("t2_answer", 8, "that is T"),
     ("t2_answer", 1 / 64, "the other way round"),
     ("t2_answer", 10.0, "divide the gradient norm"),

@@ -76,6 +76,7 @@ def test_each_concept_of_the_issue_has_an_exercise():
         "hint stage (training loop)",
         "prune → fine-tune cycles (training loop)",
         "question:",
+        "fake quantization with the straight-through gradient",
     ):
         assert concept in titles
     assert sum(ex.kind == "answer" for ex in EXERCISES.values()) >= 2

@@ -667,3 +667,56 @@ def test_cells_are_matched_by_id_or_content(tmp_path):
     gone = _cells(nb, "check_soften(soften)")
     del nb.cells[gone]
     assert grade._missing_cells(nb, key) == [f"cell {gone + 1} (check_soften(soften))"]
+
+
+# --------------------------------------------------------------------------------------------
+# 12 fake quantization: graded end to end (sandbox, record, replay), gradients included
+_FAKE_QUANT_MISTAKES = {
+    "no-clamp": (
+        "    q = torch.round(x / scale) + zero_point\n    return scale * (q - zero_point)",
+        "never clamp",
+    ),
+    "zero-point-off-by-one": (
+        "    r = x / scale\n"
+        "    r = r + (torch.round(r) - r).detach()\n"
+        "    q = torch.clamp(r + zero_point + 1, qmin, qmax)\n"
+        "    return scale * (q - zero_point)",
+        "zero-point is off by one",
+    ),
+    "round-gradient-zero": (
+        "    q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)\n"
+        "    return scale * (q - zero_point)",
+        "gradient of round is left at zero",
+    ),
+}
+
+
+@pytest.mark.slow
+def test_fake_quant_key_full_marks_stub_zero_and_each_named_mistake_recognised(tmp_path):
+    name = "12_fake_quant.ipynb"
+    key = nbformat.read(EXERCISES_DIR / "source" / name, as_version=4)
+    cell = next(
+        c for c in key.cells if c.metadata.get("kdlib", {}).get("exercise") == "fake_quant"
+    )
+    paths = {
+        "key": _write(tmp_path / "key" / name, key),
+        "blank": _write(
+            tmp_path / "blank" / name, nbformat.read(EXERCISES_DIR / name, as_version=4)
+        ),
+    }
+    for student, (body, _) in _FAKE_QUANT_MISTAKES.items():
+        nb = copy.deepcopy(key)
+        target = next(c for c in nb.cells if c.id == cell.id)
+        target.source = "def fake_quant(x, scale, zero_point, qmin, qmax):\n" + body
+        paths[student] = _write(tmp_path / student / name, nb)
+    order = list(paths)
+    rows = dict(
+        zip(order, grade.grade([paths[n] for n in order], timeout=60, jobs=2), strict=True)
+    )
+    assert (rows["key"].score, rows["key"].maximum, rows["key"].problems) == (4, 4, [])
+    assert (rows["blank"].score, rows["blank"].maximum) == (0, 4)
+    for student, (_, hint) in _FAKE_QUANT_MISTAKES.items():
+        row = rows[student]
+        fq = next(e for e in row.exercises if e.exercise == "fake_quant")
+        assert not fq.passed and hint in fq.message, (student, fq.message)
+        assert row.score == 1  # the question still earns its point

@@ -59,3 +59,14 @@ def test_summary_table_seed_0_is_what_notebook_09_prints():
             assert nb_row[3] == rd_row[3]
         else:
             assert f"0: {nb_row[3]}" in rd_row[4], (method, nb_row[3], rd_row[4])
+
+
+def test_your_own_data_example_runs():
+    block = _section("Your own data").split("```python\n")[1].split("```")[0]
+    assert len(block.strip().splitlines()) == 5
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102
+    data, hist = scope["data"], scope["hist"]
+    assert data.X_train.dtype.is_floating_point and str(data.X_train.dtype) == "torch.float32"
+    assert data.num_classes == 3 and len(data.X_test) == 100
+    assert len(hist.rows) == 5 and 0 <= hist.last("test_acc") <= 1

@@ -173,11 +173,13 @@ def test_reinitialised_is_a_fresh_copy_drawn_from_the_seed():
 def test_course_summary_rows(summary_run):
     data, teacher, before, rows = summary_run
     names = [m.name for m in results.summary_methods()]
-    assert [r["method"] for r in rows] == ["teacher (cnn-teacher)", *names] and len(names) == 7
+    int8 = [f"{n} → int8" for n in names if n.startswith("pruned (structured) + KD")]
+    assert [r["method"] for r in rows] == ["teacher (cnn-teacher)", *names, *int8]
+    assert len(names) == 7 and len(int8) == 1
     assert rows[0]["n"] == 0 and rows[0]["parameters"] == kdlib.count_params(teacher)
     assert rows[0]["accuracy"] == kdlib.evaluate(teacher, data)["accuracy"]
     size = kdlib.count_params(results.pruned_teacher(teacher))
-    for r in rows[1:]:
+    for r in rows[1:-1]:
         assert r["n"] == 2 and set(r["per_seed"]) == {0, 1}
         assert (r["parameters"], r["bytes"]) == (size, 4 * size)  # dense float32
         accs = torch.tensor(list(r["per_seed"].values()), dtype=torch.float64)
@@ -185,6 +187,11 @@ def test_course_summary_rows(summary_run):
         assert r["accuracy_std"] == pytest.approx(float(accs.std()))
     starts = {r["method"]: r["start"] for r in rows}
     assert starts["scratch"] == "random" and starts["pruned (structured), fine-tuned"] == "teacher"
+    # the int8 row: the pruned + KD students quantized, same parameters, about 3x fewer bytes
+    q, kd = rows[-1], next(r for r in rows if r["method"] == int8[0][: -len(" → int8")])
+    assert q["start"] == "teacher" and q["n"] == 2 and q["parameters"] == size
+    assert 2 * q["bytes"] < kd["bytes"]
+    assert abs(q["accuracy"] - kd["accuracy"]) < 0.02
     # distillation never modifies the teacher
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 

@@ -63,6 +63,8 @@ __all__ = [
     "check_sparsity_answer",
     "check_shrink_layer",
     "check_cubic_schedule",
+    "check_fake_quant",
+    "check_clamp_answer",
     "check_challenge",
     "challenge_score",
     "challenge_transfer_set",
@@ -2428,6 +2430,211 @@ def check_challenge(model, *, quiet: bool = False) -> CheckResult:
 
 
 # ============================================================================================
+# 12 quantization: fake quantization and its straight-through gradient
+# ============================================================================================
+_FAKE_QUANT_HINT = (
+    "x̂ = scale · (clamp(round(x / scale) + zero_point, qmin, qmax) − zero_point), and its "
+    "gradient is 1 where round(x / scale) + zero_point lies in [qmin, qmax], 0 outside: round "
+    "with r + (torch.round(r) − r).detach() so the gradient passes straight through"
+)
+_QRANGES = {(-8, 7): (4, True), (-128, 127): (8, True), (0, 15): (4, False), (0, 255): (8, False)}
+
+
+def _fake_quant_reference(x, scale, zero_point, qmin, qmax) -> torch.Tensor:
+    from ..quant import fake_quantize  # torchao loads only when this exercise is checked
+
+    bits, symmetric = _QRANGES[(qmin, qmax)]
+    return fake_quantize(x, scale, zero_point, bits, symmetric=symmetric)
+
+
+def _away_from_ties(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x`` nudged so that no x / scale sits within 0.01 of a rounding tie (k + ½): there,
+    ``x / s`` and ``x · (1/s)`` could round apart, and neither answer is wrong."""
+    r = x / scale
+    near = ((r - r.floor()) - 0.5).abs() < 0.01
+    return torch.where(near, x + 0.05 * scale, x)
+
+
+def check_fake_quant(fn: Callable, *, quiet: bool = False, seed: int = 0) -> CheckResult:
+    """Check ``fn(x, scale, zero_point, qmin, qmax)``: affine fake quantization with the
+    straight-through estimator, as :func:`kdlib.quant.fake_quantize` (and torchao's).
+
+    Shape:
+        x: any; scale and zero_point broadcast against it (a number, or one per row);
+        output: like ``x``, differentiable in ``x``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def value_case(x, scale, zero_point, qmin, qmax) -> Callable:
+        def run(f):
+            before = [x.clone()]
+            got = _call(f, x, scale, zero_point, qmin, qmax)
+            _unchanged(before, [x], "leave x unchanged: return x̂ as a new tensor")
+            expected = _fake_quant_reference(x, scale, zero_point, qmin, qmax).detach()
+            z, s = zero_point, scale
+
+            def dq(q, zz=z):
+                return lambda: s * (q - zz)
+
+            r = torch.round(x / s)
+            mistakes = [
+                (
+                    _equals(dq(r + z)),
+                    "you round but never clamp: a value beyond the range must saturate at "
+                    "qmin or qmax (torch.clamp), or it needs more bits than there are",
+                ),
+                (
+                    _equals(lambda: torch.clamp(r + z, qmin, qmax)),
+                    "that is the integer code q; return the float x̂ = scale · (q − zero_point)",
+                ),
+                (
+                    _equals(lambda: torch.clamp(r + z, qmin, qmax).round()),
+                    "that is the integer code q; return the float x̂ = scale · (q − zero_point)",
+                ),
+                *(
+                    (
+                        _equals(dq(torch.clamp(r + z + d, qmin, qmax))),
+                        f"your zero-point is off by one ({d:+d} when quantizing): q = "
+                        "round(x / scale) + zero_point exactly, the same zero_point you "
+                        "subtract when dequantizing",
+                    )
+                    for d in (1, -1)
+                ),
+                *(
+                    (
+                        _equals(dq(torch.clamp(r + z, qmin, qmax), z + d)),
+                        f"your zero-point is off by one ({d:+d} when dequantizing): x̂ = "
+                        "scale · (q − zero_point), with the zero_point you added",
+                    )
+                    for d in (1, -1)
+                ),
+                (
+                    _equals(dq(torch.clamp(r - z, qmin, qmax), -z)),
+                    "the zero-point's sign is flipped: add it when quantizing "
+                    "(round(x / scale) + zero_point), subtract it when dequantizing",
+                ),
+                (
+                    _equals(dq(torch.clamp(torch.trunc(x / s) + z, qmin, qmax))),
+                    "round to the nearest code (torch.round), not toward zero (int, trunc)",
+                ),
+                (
+                    _equals(dq(torch.clamp(torch.floor(x / s) + z, qmin, qmax))),
+                    "round to the nearest code (torch.round), not down (floor)",
+                ),
+            ]
+            _compare(got, expected, _FAKE_QUANT_HINT, mistakes, rtol=1e-5, atol=1e-6)
+
+        return run
+
+    def grad_case(x, scale, zero_point, qmin, qmax) -> Callable:
+        def run(f):
+            leaf = x.detach().clone().requires_grad_(True)
+            got = _call(f, leaf, scale, zero_point, qmin, qmax)
+            ref_leaf = x.detach().clone().requires_grad_(True)
+            ref = _fake_quant_reference(ref_leaf, scale, zero_point, qmin, qmax)
+            (expected,) = torch.autograd.grad(ref.sum(), ref_leaf)
+            no_graph = (
+                "no gradient reaches x: compute x̂ from x with torch operations (no .item(), "
+                ".detach() of x, .numpy() or torch.no_grad()), so training can move x"
+            )
+            if not isinstance(got, torch.Tensor) or not got.requires_grad:
+                raise _Miss(_show(expected), "no gradient", no_graph)
+            try:
+                (grad,) = _call(torch.autograd.grad, got.sum(), leaf, allow_unused=True)
+            except _Raised:
+                raise _Miss(_show(expected), "no gradient", no_graph) from None
+            if grad is None:
+                raise _Miss(_show(expected), "no gradient", no_graph)
+            mistakes = [
+                (
+                    lambda g: bool((g == 0).all()),
+                    "the gradient is 0 everywhere: the gradient of round is left at zero, "
+                    "so nothing could learn. Let it pass straight through: "
+                    "r + (torch.round(r) − r).detach() rounds forward and has gradient 1",
+                ),
+                (
+                    lambda g: _close(g, torch.ones_like(g)),
+                    "the gradient is 1 everywhere, even where the clamp cuts x off; there x̂ "
+                    "does not change with x, so the gradient must be 0 (apply the "
+                    "straight-through trick to round only, then clamp)",
+                ),
+            ]
+            _compare(
+                grad,
+                expected,
+                "the gradient differs from the straight-through estimator's. " + _FAKE_QUANT_HINT,
+                mistakes,
+                rtol=1e-5,
+                atol=1e-6,
+                name="gradient",
+            )
+
+        return run
+
+    fixed = torch.tensor([-9.0, -0.3, 0.0, 0.26, 3.4, 9.0])
+    half, zero = torch.tensor(0.5), torch.tensor(0)
+    asym = torch.tensor([-1.2, -1.0, -0.32, 0.0, 0.26, 0.55, 2.0, 2.6])
+    s8, z8 = torch.tensor(3 / 255), torch.tensor(85)
+    w = _randn(gen, 6, 10, scale=2.0)
+    s4 = w.abs().amax(1, keepdim=True) / 6.0  # a little small: the largest weights clamp
+    w = _away_from_ties(w, s4)
+    v = _randn(gen, 5, 8) + 0.5
+    lo = v.amin(1, keepdim=True).clamp(max=0)
+    hi = v.amax(1, keepdim=True).clamp(min=0)
+    sa = (hi - lo) / 13.0  # 15 steps' range squeezed into 13: both ends clamp
+    za = torch.clamp(-torch.round(lo / sa) + 1, 0, 15).to(torch.int32)
+    v = _away_from_ties(v, sa)
+    cases = [
+        (
+            "x = [-9, -0.3, 0, 0.26, 3.4, 9], scale 0.5, zero_point 0, codes -8..7 "
+            "(expect [-4, -0.5, 0, 0.5, 3.5, 3.5])",
+            value_case(fixed, half, zero, -8, 7),
+        ),
+        (
+            "8-bit asymmetric: scale 3/255, zero_point 85, codes 0..255, two values out of range",
+            value_case(asym, s8, z8, 0, 255),
+        ),
+        (
+            "random 6 × 10 weights, 4-bit symmetric, one scale per row",
+            value_case(w, s4, torch.zeros(6, 1, dtype=torch.int32), -8, 7),
+        ),
+        (
+            "random 5 × 8 values, 4-bit asymmetric, one scale and zero_point per row",
+            value_case(v, sa, za, 0, 15),
+        ),
+        (
+            "the gradient of x̂.sum() on the first case (expect [0, 1, 1, 1, 1, 0])",
+            grad_case(fixed, half, zero, -8, 7),
+        ),
+        (
+            "the gradient on the 4-bit asymmetric case",
+            grad_case(v, sa, za, 0, 15),
+        ),
+    ]
+    return _run("fake_quant", fn, cases, _FAKE_QUANT_HINT, quiet)
+
+
+def check_clamp_answer(answer, *, quiet: bool = False) -> CheckResult:
+    """Check the answer to: with scale 0.1, zero_point 0 and 4-bit codes −8…7, what does
+    fake quantization return for x = 2.0? (``round(20) = 20`` is clamped to 7: ``0.7``.)"""
+    return _check_answer(
+        "clamp_answer",
+        answer,
+        0.7,
+        1e-6,
+        [
+            (2.0, "2.0 needs the code 20, beyond qmax = 7: the clamp saturates it"),
+            (7.0, "7 is the code q; x̂ = scale · (q − zero_point)"),
+            (20.0, "20 is round(x / scale) before the clamp, and a code, not x̂"),
+            (0.8, "the largest 4-bit signed code is 7, not 8 (codes −8 … 7)"),
+            (-0.8, "2.0 is positive: it saturates at the top code, 7"),
+        ],
+        "compute round(2.0 / 0.1) + 0, clamp it to [−8, 7], then multiply by 0.1",
+        quiet,
+    )
+
+
+# ============================================================================================
 # The exercises of the course, for the notebooks and the grader
 # ============================================================================================
 @dataclass(frozen=True)
@@ -2520,6 +2727,21 @@ EXERCISES: dict[str, Exercise] = {
         3,
         "compression challenge",
         "model",
+    ),
+    "fake_quant": Exercise(
+        "12_fake_quant",
+        "fake_quant",
+        check_fake_quant,
+        3,
+        "fake quantization with the straight-through gradient",
+    ),
+    "clamp_answer": Exercise(
+        "12_fake_quant",
+        "clamp_answer",
+        check_clamp_answer,
+        1,
+        "question: a value beyond the clamp",
+        "answer",
     ),
 }
 

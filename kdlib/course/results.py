@@ -14,7 +14,11 @@ transfer and cosine matching added to it, on the whole training split and on a s
 set, and says which feature method beats scratch (by more than its std) and which beats KD.
 The ``splits`` section re-runs the distill table's scratch and KD rows on five stratified
 splits of the same data, each with its own teacher, to show how much the share of the gap
-that KD closes depends on the one test split. The README's numbers come from this
+that KD closes depends on the one test split. The ``quant`` section quantizes the CNN teacher
+to int8 (static, calibrated) and LeNet-300-100 (dynamic), with bytes on disk, latency ratios
+and accuracy, compares 4-bit quantization-aware training with and without the teacher's soft
+targets over the seeds, and runs prune → distill → quantize on one model. The README's
+numbers come from this
 command; the tests run the same functions on a short budget.
 """
 
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import quant
 from ..data import Dataset, load
 from ..distill import distill, random_shift
 from ..features import BETA_DEFAULTS, distill_features
@@ -77,6 +82,9 @@ __all__ = [
     "shrink_rows",
     "SummaryMethod",
     "course_summary",
+    "int8_bytes",
+    "qat_runs",
+    "quant_pipeline",
     "format_summary",
     "pruned_teacher",
     "reinitialised",
@@ -845,6 +853,7 @@ def summary_runs(
                 epochs=hist.epochs,
                 seconds=hist.seconds + hist.info.get("cache_seconds", 0.0),
                 history=hist,
+                student=student,
             )
             runs.setdefault(m.name, []).append(run)
             sizes[m.name] = (
@@ -856,6 +865,12 @@ def summary_runs(
     return runs, sizes
 
 
+def int8_bytes(model: nn.Module) -> int:
+    """Bytes of every tensor a quantized model stores (int8 weights, their scales and
+    zero-points, float biases): the int8 counterpart of :func:`~kdlib.metrics.size_bytes`."""
+    return int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+
+
 def course_summary(
     data: Dataset,
     teacher: nn.Module | None = None,
@@ -863,6 +878,7 @@ def course_summary(
     epochs: int = SUMMARY_EPOCHS,
     methods: Sequence[SummaryMethod] | None = None,
     log: Callable[[str], None] | None = None,
+    int8: Sequence[str] | None = None,
 ) -> list[dict]:
     """The course's summary: the teacher, then every method's student, as table rows.
 
@@ -873,6 +889,9 @@ def course_summary(
         epochs: epochs per run, the same for every method.
         methods: rows to run (default :func:`summary_methods`).
         log: called with one line per finished run.
+        int8: names of methods whose trained students also get a row quantized to static
+            int8 (:func:`kdlib.quant.static_int8`, calibrated on ``CALIBRATION`` training
+            images; ``bytes`` by :func:`int8_bytes`); default: the pruned + KD student.
 
     Returns:
         One dict per row: ``method``, ``start``, ``parameters`` (nonzero), ``bytes``,
@@ -912,7 +931,36 @@ def course_summary(
                 "n": len(rs),
             }
         )
+    chosen = _int8_methods(runs) if int8 is None else list(int8)
+    teacher_test = predict(teacher, data.X_test)
+    for name in chosen:
+        if name not in runs:
+            raise ValueError(f"int8: no summary method {name!r}; methods: {', '.join(runs)}")
+        qs = [quant.static_int8(r.student, data.X_train[:CALIBRATION]) for r in runs[name]]
+        accs = [evaluate(q, data)["accuracy"] for q in qs]
+        acc, std = _mean_std(accs)
+        rows.append(
+            {
+                "method": f"{name} → int8",
+                "start": starts[name],
+                "parameters": sizes[name][0],
+                "bytes": int8_bytes(qs[0]),
+                "accuracy": acc,
+                "accuracy_std": std,
+                "per_seed": {r.seed: a for r, a in zip(runs[name], accs, strict=True)},
+                "agreement": statistics.fmean(agreement(q, teacher_test, data.X_test) for q in qs),
+                "n": len(qs),
+            }
+        )
     return rows
+
+
+CALIBRATION = 512  # training images that calibrate a static int8 model's activation ranges
+
+
+def _int8_methods(runs: dict[str, list[Run]]) -> list[str]:
+    """The summary's default int8 rows: the pruned student trained with KD."""
+    return [n for n in runs if n.startswith("pruned (structured) + KD")]
 
 
 def format_summary(rows: list[dict]) -> str:
@@ -955,6 +1003,9 @@ def _summary_section(args: argparse.Namespace) -> str:
             f"Every student keeps {SUMMARY_KEEP:.0%} of `cnn-teacher`'s channels and units "
             "(ranked by L1 norm). From random weights: Adam, cosine decay, lr "
             f"{SUMMARY_LR:g}; from the teacher's weights: SGD with momentum, lr {FINETUNE_LR:g}. "
+            "The `→ int8` row is the pruned + KD students quantized to static int8 (weights "
+            f"and activations, calibrated on {CALIBRATION} training images); its bytes are "
+            "every stored tensor (int8 weights, scales, zero-points, float biases). "
             "Notebook 09 runs this table for one seed: with seed 0 its numbers are the `0:` "
             "entries.",
             f"(section took {time.perf_counter() - t0:.0f} s)",
@@ -1229,6 +1280,196 @@ def _splits_section(args: argparse.Namespace) -> str:
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------------------------
+# quant section: PTQ of the teacher and of an MLP, QAT with and without KD, the pipeline
+QUANT_MLP = "lenet-300-100"  # the MLP of dynamic int8 and of the QAT rows
+QAT_BITS = 4  # weight bits of quantization-aware training
+QAT_EPOCHS = 5  # epochs of each QAT run (from random weights, Adam)
+QAT_LR = 1e-3  # their learning rate
+
+
+def qat_runs(
+    data: Dataset,
+    teacher: nn.Module,
+    seeds: Sequence[int] = SEEDS,
+    bits: int = QAT_BITS,
+    epochs: int = QAT_EPOCHS,
+    T: float = 4.0,
+    alpha: float = 0.9,
+) -> dict[str, list[float]]:
+    """Test accuracy of ``bits``-bit QAT students (:data:`QUANT_MLP`), after conversion to
+    real low-bit weights, trained on labels only or on ``teacher``'s soft targets + labels.
+
+    Returns:
+        ``{"labels only": [acc per seed], "soft targets + labels": [acc per seed]}``.
+    """
+    out: dict[str, list[float]] = {"labels only": [], "soft targets + labels": []}
+    for seed in seeds:
+        for how in out:
+            student = quant.prepare_qat(build_model(QUANT_MLP, seed=seed), bits)
+            if how == "labels only":
+                fit(student, data, epochs, lr=QAT_LR, seed=seed, progress=False)
+            else:
+                distill(
+                    student, teacher, data, "kd", epochs, lr=QAT_LR, T=T, alpha=alpha,
+                    seed=seed, progress=False,
+                )  # fmt: skip
+            real = quant.convert_qat(student, bits)
+            out[how].append(evaluate(real, data)["accuracy"])
+    return out
+
+
+def quant_pipeline(
+    data: Dataset,
+    teacher: nn.Module,
+    seed: int = 0,
+    keep: float = SUMMARY_KEEP,
+    epochs: int = SUMMARY_EPOCHS,
+    T: float = 4.0,
+    alpha: float = 0.9,
+) -> list[dict]:
+    """Prune → distill → quantize on one model: ``teacher`` shrunk to ``keep`` of its units
+    (:func:`pruned_teacher`), distilled from it for ``epochs`` (SGD, as the summary's
+    teacher-started rows), then static int8. One row per stage: ``stage``, ``model``,
+    ``parameters``, ``bytes`` (:func:`kdlib.quant.saved_bytes`) and ``accuracy``."""
+    pruned = pruned_teacher(teacher, keep)
+    distilled = copy.deepcopy(pruned)
+    distill(
+        distilled, teacher, data, "kd", epochs, T=T, alpha=alpha, **_recipe("teacher"),
+        seed=seed, progress=False,
+    )  # fmt: skip
+    distilled.eval()
+    stages = {
+        "teacher (float32)": teacher,
+        "pruned": pruned,
+        "pruned + distilled": distilled,
+        "pruned + distilled + int8": quant.static_int8(distilled, data.X_train[:CALIBRATION]),
+    }
+    return [
+        {
+            "stage": name,
+            "model": net,
+            "parameters": count_params(pruned if name.endswith("int8") else net),
+            "bytes": quant.saved_bytes(net),
+            "accuracy": evaluate(net, data)["accuracy"],
+        }
+        for name, net in stages.items()
+    ]
+
+
+def _latency_ratios(pairs: dict[str, tuple[nn.Module, nn.Module]], input_shape) -> dict:
+    """``{name: {batch: quantized / float seconds}}`` for (quantized, float) pairs, all timed
+    in turns in one run per batch size."""
+    models = {}
+    for name, (q, f) in pairs.items():
+        models[f"{name} q"], models[f"{name} f"] = q, f
+    out: dict[str, dict[int, float]] = {name: {} for name in pairs}
+    for batch in (1, LATENCY_BATCH):
+        t = compare_latency(models, input_shape, batch, rounds=5)
+        for name in pairs:
+            out[name][batch] = t[f"{name} q"] / t[f"{name} f"]
+    return out
+
+
+def _quant_section(args: argparse.Namespace) -> str:
+    t0 = time.perf_counter()
+    data = load(args.dataset)
+    seeds = tuple(args.seeds)
+    teacher = trained_teacher(data)
+    t_acc = evaluate(teacher, data)["accuracy"]
+    t_int8 = quant.static_int8(teacher, data.X_train[:CALIBRATION])
+    mlp = trained_teacher(data, preset=QUANT_MLP)
+    mlp_int8 = quant.dynamic_int8(mlp)
+    ptq = [
+        ("cnn-teacher", "static int8, calibrated", teacher, t_int8),
+        (QUANT_MLP, "dynamic int8", mlp, mlp_int8),
+    ]
+    out = [
+        f"## Quantization on {data.name}: post-training int8, 4-bit QAT with and without "
+        "the teacher, prune → distill → quantize",
+        "",
+        "| model | int8 | float32 accuracy (%) | int8 accuracy (%) | float32 bytes | int8 bytes "
+        "| smaller |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, how, f, q in ptq:
+        fa, qa = evaluate(f, data)["accuracy"], evaluate(q, data)["accuracy"]
+        fb, qb = quant.saved_bytes(f), quant.saved_bytes(q)
+        out.append(
+            f"| {name} | {how} | {100 * fa:.1f} | {100 * qa:.1f} | {fb:,} | {qb:,} "
+            f"| {fb / qb:.2f}x |"
+        )
+    x = data.X_test[:LATENCY_BATCH]
+    pairs = {
+        "cnn-teacher, eager (int8 simulated)": (t_int8, teacher),
+        f"{QUANT_MLP}, dynamic int8, eager": (mlp_int8, mlp),
+    }
+    try:
+        pairs["cnn-teacher, both compiled (oneDNN int8)"] = (
+            quant.compiled(t_int8, x),
+            quant.compiled(teacher, x),
+        )
+    except Exception as err:  # no C++ compiler: eager only
+        print(f"torch.compile unavailable ({type(err).__name__})", file=sys.stderr)
+    ratios = _latency_ratios(pairs, data.input_shape)
+    out += [
+        "",
+        f"Latency of the int8 model over its float32 model's, {torch.get_num_threads()} "
+        "threads, timed in turns in one run:",
+        "",
+        f"| model | batch 1 | batch {LATENCY_BATCH} |",
+        "| --- | --- | --- |",
+        *(f"| {n} | {r[1]:.2f}x | {r[LATENCY_BATCH]:.2f}x |" for n, r in ratios.items()),
+    ]
+    qat = qat_runs(data, teacher, seeds)
+    out += [
+        "",
+        f"{QAT_BITS}-bit quantization-aware training of {QUANT_MLP} ({QAT_EPOCHS} epochs, "
+        f"Adam lr {QAT_LR:g}, from random weights; teacher cnn-teacher at {100 * t_acc:.1f}%), "
+        f"test accuracy of the converted {QAT_BITS}-bit model, "
+        f"seeds {', '.join(map(str, seeds))}:",
+        "",
+        "| QAT with | accuracy (%) | per seed (%) |",
+        "| --- | --- | --- |",
+    ]
+    for how, accs in qat.items():
+        mean, std = _mean_std(accs)
+        per = ", ".join(f"{s}: {100 * a:.1f}" for s, a in zip(seeds, accs, strict=True))
+        out.append(f"| {how} | {100 * mean:.1f} ± {100 * std:.1f} | {per} |")
+    gap = statistics.fmean(qat["soft targets + labels"]) - statistics.fmean(qat["labels only"])
+    out.append(f"\nSoft targets minus labels only: {100 * gap:+.1f} points.")
+    rows = quant_pipeline(data, teacher, seed=seeds[0])
+    timed = {r["stage"]: r["model"] for r in rows}
+    try:
+        timed = {n: quant.compiled(m, x) for n, m in timed.items()}
+        how = "all compiled"
+    except Exception:
+        how = "eager (int8 simulated)"
+    lat = {b: compare_latency(timed, data.input_shape, b, rounds=5) for b in (1, LATENCY_BATCH)}
+    base = rows[0]["stage"]
+    out += [
+        "",
+        f"Prune → distill → quantize (seed {seeds[0]}; keep {SUMMARY_KEEP:.0%} of the units, "
+        f"{SUMMARY_EPOCHS} epochs of KD, static int8; latency {how}, over the teacher's):",
+        "",
+        f"| stage | parameters | bytes on disk | accuracy (%) | latency batch 1 "
+        f"| latency batch {LATENCY_BATCH} |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(
+            f"| {r['stage']} | {r['parameters']:,} | {r['bytes']:,} | "
+            f"{100 * r['accuracy']:.1f} | {lat[1][r['stage']] / lat[1][base]:.2f}x | "
+            f"{lat[LATENCY_BATCH][r['stage']] / lat[LATENCY_BATCH][base]:.2f}x |"
+            for r in rows
+        ),
+        "",
+        "Bytes on disk are `torch.save(model.state_dict())`. Eager int8 graphs simulate the "
+        "integer arithmetic in float; compiled, oneDNN runs int8 kernels (without VNNI here: "
+        "the course pins AVX2).",
+        f"(section took {time.perf_counter() - t0:.0f} s)",
+    ]
+    return "\n".join(out)
+
+
 # name -> function(args) returning the section's text; other topics add their sections here.
 SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
     "distill": _distill_section,
@@ -1236,6 +1477,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
     "prune": _prune_section,
     "summary": _summary_section,
     "splits": _splits_section,
+    "quant": _quant_section,
 }
 
 

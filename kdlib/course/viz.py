@@ -22,6 +22,7 @@ __all__ = [
     "history_curves",
     "grid_heatmap",
     "pareto",
+    "quant_errors",
 ]
 
 
@@ -470,5 +471,40 @@ def pareto(
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.figure.tight_layout()
+    return ax
+
+
+def quant_errors(errors: dict, accuracy: dict | None = None, bins: int = 60, title=None, ax=None):
+    """Histograms of quantization errors ``x̂ − x``, one per setting, on one log-count axis.
+
+    Args:
+        errors: ``{label: tensor of errors}`` (every quantized weight of a model, flattened).
+        accuracy: ``{label: test accuracy}`` to print in the legend, or ``None``.
+        bins: histogram bins, shared by all settings.
+        title: the axes' title.
+
+    Returns:
+        The matplotlib ``Axes``.
+    """
+    if not errors:
+        raise ValueError("errors is empty: pass {label: tensor of errors}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 3.4))
+    flat = {k: v.detach().float().cpu().flatten() for k, v in errors.items()}
+    top = max(float(v.abs().max()) for v in flat.values()) or 1.0
+    edges = torch.linspace(-top, top, bins + 1).numpy()
+    for label, e in flat.items():
+        rms = float(e.pow(2).mean().sqrt())
+        text = f"{label}: rms {rms:.2g}"
+        if accuracy is not None and label in accuracy:
+            text += f", accuracy {accuracy[label]:.1%}"
+        ax.hist(e.numpy(), bins=edges, histtype="step", lw=1.5, label=text)
+    ax.set_yscale("log")
+    ax.set_xlabel("quantization error of a weight, x̂ − x")
+    ax.set_ylabel("number of weights (log)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
     ax.figure.tight_layout()
     return ax

@@ -20,6 +20,8 @@ __all__ = [
     "lambda_slider",
     "alpha_T_explorer",
     "strategy_picker",
+    "quant_state",
+    "quant_explorer",
 ]
 
 
@@ -418,5 +420,75 @@ def strategy_picker(histories: dict, reference: float | None = None, value: str 
         _show_panel(box, line, fig)
 
     picker.observe(show, names="value")
+    show()
+    return box
+
+
+# --------------------------------------------------------------------------------------------
+# Quantization (notebook 12)
+def quant_state(model, data, bits: int = 8, symmetric: bool = True, per_channel: bool = True):
+    """What :func:`quant_explorer` shows for one setting: ``model``'s Linear and Conv2d
+    weights quantized by :func:`kdlib.quant.quantize_weights`, their errors and accuracy.
+
+    Returns:
+        ``{"errors"`` (every ``x̂ − x``, flattened), ``"relative_error"`` (‖x̂ − x‖ / ‖x‖ over
+        all of them), ``"accuracy"`` (on ``data``'s test split), ``"line"}`` (a one-line summary).
+    """
+    import torch
+
+    from ..quant import quantize_weights
+    from ..train import evaluate
+
+    q = quantize_weights(model, bits, symmetric=symmetric, per_channel=per_channel)
+    before = dict(model.named_modules())
+    diffs, norms = [], []
+    for name, m in q.named_modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            w = before[name].weight.detach()
+            diffs.append((m.weight.detach() - w).flatten())
+            norms.append(w.flatten())
+    errors = torch.cat(diffs)
+    rel = float(errors.norm() / torch.cat(norms).norm())
+    acc = evaluate(q, data)["accuracy"]
+    kind = f"{bits}-bit {'symmetric' if symmetric else 'asymmetric'}, " + (
+        "per channel" if per_channel else "per tensor"
+    )
+    line = f"{kind} | relative weight error {rel:.2%} | test accuracy {acc:.1%}"
+    return {"errors": errors, "relative_error": rel, "accuracy": acc, "line": line}
+
+
+def quant_explorer(model, data, bits: int = 4, symmetric: bool = True, per_channel: bool = True):
+    """Bits, symmetric/asymmetric and per-tensor/per-channel in; the weights' error histogram
+    and the test accuracy out (:func:`quant_state`, drawn by
+    :func:`kdlib.course.viz.quant_errors`). Each change quantizes and evaluates anew (no
+    training: a fraction of a second for the course's CNN).
+
+    Returns:
+        ``ipywidgets.VBox`` with attributes ``bits`` (``IntSlider``, 2 to 8), ``symmetric``
+        and ``per_channel`` (``Checkbox``), ``output``, ``figure`` and ``state`` (the last
+        :func:`quant_state` result).
+    """
+    import ipywidgets as widgets
+    from matplotlib.figure import Figure
+
+    bits_w = widgets.IntSlider(value=bits, min=2, max=8, description="bits")
+    bits_w.continuous_update = False
+    sym_w = widgets.Checkbox(value=symmetric, description="symmetric")
+    chan_w = widgets.Checkbox(value=per_channel, description="per channel")
+    output = widgets.Output()
+    box = _panel([widgets.HBox([bits_w, sym_w, chan_w]), output], "quant_explorer")
+    box.bits, box.symmetric, box.per_channel, box.output = bits_w, sym_w, chan_w, output
+
+    def show(change=None) -> None:
+        state = quant_state(model, data, bits_w.value, sym_w.value, chan_w.value)
+        box.state.clear()
+        box.state.update(state)
+        fig = Figure(figsize=(7, 3.2))
+        label = state["line"].split(" | ")[0]
+        viz.quant_errors({label: state["errors"]}, {label: state["accuracy"]}, ax=fig.subplots())
+        _show_panel(box, state["line"], fig)
+
+    for w in (bits_w, sym_w, chan_w):
+        w.observe(show, names="value")
     show()
     return box

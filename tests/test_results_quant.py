@@ -1,0 +1,80 @@
+"""The results command's quant section, on a short budget: its rows against kdlib.quant."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import kdlib
+from kdlib import quant
+from kdlib.course import results
+
+
+@pytest.fixture(scope="module")
+def short():
+    data = kdlib.load("mnist-5k").subset(512, 256)
+    teacher = kdlib.model("cnn-teacher", seed=0)
+    kdlib.fit(teacher, data, epochs=1, lr=3e-3, seed=0, progress=False)
+    return data, teacher.eval()
+
+
+def test_qat_runs_one_accuracy_per_seed_and_leave_the_teacher_alone(short):
+    data, teacher = short
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    runs = results.qat_runs(data, teacher, seeds=(0, 1), bits=4, epochs=1)
+    assert list(runs) == ["labels only", "soft targets + labels"]
+    assert all(len(a) == 2 and all(0.2 < x <= 1 for x in a) for a in runs.values())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    again = results.qat_runs(data, teacher, seeds=(0,), bits=4, epochs=1)
+    assert again["labels only"][0] == runs["labels only"][0]  # seeded
+
+
+def test_quant_pipeline_stages_shrink_and_measure_what_they_report(short):
+    data, teacher = short
+    rows = results.quant_pipeline(data, teacher, seed=0, epochs=1)
+    assert [r["stage"] for r in rows] == [
+        "teacher (float32)",
+        "pruned",
+        "pruned + distilled",
+        "pruned + distilled + int8",
+    ]
+    small = results.pruned_teacher(teacher)
+    assert rows[1]["parameters"] == rows[3]["parameters"] == kdlib.count_params(small)
+    assert rows[0]["bytes"] > rows[1]["bytes"] == rows[2]["bytes"] > 2 * rows[3]["bytes"]
+    for r in rows:
+        assert r["bytes"] == quant.saved_bytes(r["model"])
+        assert r["accuracy"] == kdlib.evaluate(r["model"], data)["accuracy"]
+
+
+def test_int8_bytes_counts_every_stored_tensor():
+    net = kdlib.model("cnn-thin", seed=0).eval()
+    x = torch.randn(64, 1, 28, 28)
+    q = quant.static_int8(net, x)
+    weights = sum(
+        m.weight.numel()
+        for m in net.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    )
+    by_hand = sum(t.numel() * t.element_size() for t in q.state_dict().values())
+    assert results.int8_bytes(q) == by_hand
+    assert weights <= by_hand < kdlib.size_bytes(net)
+
+
+def test_quant_section_from_the_command_line(capsys, monkeypatch, tmp_path, short):
+    data, _ = short
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path))
+    monkeypatch.setattr(results, "load", lambda name: data)
+    for preset in ("cnn-teacher", results.QUANT_MLP):
+        quick = dataclasses.replace(results.RECIPES[preset], epochs=1)
+        monkeypatch.setitem(results.RECIPES, preset, quick)
+    monkeypatch.setattr(results, "QAT_EPOCHS", 1)
+    monkeypatch.setattr(results, "SUMMARY_EPOCHS", 1)
+    monkeypatch.setattr(results, "compare_latency", lambda m, *a, **k: dict.fromkeys(m, 1.0))
+    monkeypatch.setattr(quant, "compiled", lambda m, x: m)  # no compiling in a unit test
+    assert results.main(["quant", "--seeds", "0", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| cnn-teacher | static int8, calibrated |" in out
+    assert f"| {results.QUANT_MLP} | dynamic int8 |" in out
+    assert "| cnn-teacher, both compiled (oneDNN int8) | 1.00x | 1.00x |" in out
+    assert "| soft targets + labels |" in out and "per seed" in out
+    assert "| pruned + distilled + int8 |" in out
