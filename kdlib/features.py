@@ -368,8 +368,7 @@ def distill_features(
     V.pair(student, teacher)
     hint_epochs = _check_method(method, hint_epochs)
     feature_loss, needs_regressor = _feature_loss(loss)
-    beta = BETA_DEFAULTS.get(loss, 1.0) if beta is None and isinstance(loss, str) else beta
-    beta = V.number("beta", 1.0 if beta is None else beta, 0)
+    beta = V.number("beta", BETA_DEFAULTS.get(loss, 1.0) if beta is None else beta, 0)
     pairs = _pairs(student, teacher, pairs)
     s_names, t_names = list(pairs), list(pairs.values())
     cache = _use_cache(cache_teacher_features, distill_kwargs.get("augment"))
@@ -407,11 +406,9 @@ def distill_features(
                 total = total + feature_loss(cap_s.features[s], f_t, projectors.get(s))
             return beta * total
 
-        def stage(name: str, output_loss, n_epochs: int, desc: str, **kwargs) -> None:
+        def stage(name: str, logit_loss, n: int, desc: str, **kwargs) -> None:
             start = len(history)
-            distill(
-                student, teacher, data, output_loss, n_epochs, lr, desc=desc, **common, **kwargs
-            )
+            distill(student, teacher, data, logit_loss, n, lr, desc=desc, **common, **kwargs)
             seconds["logits"] += history.info.get("cache_seconds", 0.0)
             for row in history.rows[start:]:
                 row["stage"] = name
@@ -432,10 +429,8 @@ def distill_features(
                     extra_modules=extra_modules, params=params,
                 )  # fmt: skip
                 stage("kd", "kd", epochs, f"{desc} (KD)")
-    history.info.update(
-        feature_cache_seconds=seconds["features"],
-        cache_seconds=seconds["features"] + seconds["logits"],
-    )
+    secs = seconds["features"]
+    history.info.update(feature_cache_seconds=secs, cache_seconds=secs + seconds["logits"])
     return history
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from . import parallel
 from . import validate as V
@@ -261,9 +262,7 @@ def fit(
         params = [p for m in (model, *extra_modules) for p in m.parameters() if p.requires_grad]
     opt = _make_optimizer(cfg.optimizer, list(params), lr, cfg.weight_decay)
     steps = epochs * -(-len(data.X_train) // cfg.batch_size)  # ceil(N / batch) per epoch
-    scheduler = None
-    if cfg.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    scheduler = CosineAnnealingLR(opt, steps) if cfg.schedule == "cosine" else None
     trained = [p for g in opt.param_groups for p in g["params"]]
     train_model = parallel.wrap(model, extra_modules, trained, dev)
     history = History() if history is None else history

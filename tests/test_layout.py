@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "kdlib"
 
 
@@ -133,3 +135,22 @@ def test_no_private_helper_used_outside_its_module():
             ):
                 bad.append(f"{name} uses {aliases[node.value.id]}.{node.attr}")
     assert not bad, "\n".join(sorted(set(bad)))
+
+
+LOOPS = [("train", "fit"), ("distill", "distill"), ("features", "distill_features")]
+
+
+@pytest.mark.parametrize(("module", "name"), LOOPS)
+def test_the_training_loops_fit_on_a_screen(module, name):
+    # each shows one idea (the step, the KD loss, the feature term): at most 80 lines of code,
+    # signature included, docstring, blank lines and comments not, and at most 12 parameters
+    source = (PACKAGE / f"{module}.py").read_text()
+    lines = source.splitlines()
+    fn = next(n for n in ast.parse(source).body if getattr(n, "name", None) == name)
+    doc = fn.body[0]
+    span = [*range(fn.lineno - 1, doc.lineno - 1), *range(doc.end_lineno, fn.end_lineno)]
+    code = [lines[i] for i in span if lines[i].strip() and not lines[i].strip().startswith("#")]
+    args = fn.args
+    own = len(args.posonlyargs) + len(args.args) + len(args.kwonlyargs)
+    assert len(code) <= 80, f"{name}: {len(code)} lines of code"
+    assert own <= 12, f"{name}: {own} parameters"
