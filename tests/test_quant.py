@@ -95,11 +95,21 @@ def test_fake_quantize_matches_torchao_values_and_gradient(bits):
 
 
 def test_straight_through_gradient_is_one_inside_zero_outside():
-    x = torch.tensor([-9.0, -0.3, 0.0, 0.26, 3.4, 9.0], requires_grad=True)
+    x = torch.tensor([-9.0, -0.3, 0.0, 0.26, 3.1, 9.0], requires_grad=True)
     y = quant.fake_quantize(x, torch.tensor(0.5), torch.tensor(0), 4)
-    assert y.tolist() == [-4.0, -0.5, 0.0, 0.5, 3.5, 3.5]
+    assert y.tolist() == [-4.0, -0.5, 0.0, 0.5, 3.0, 3.5]
     (grad,) = torch.autograd.grad(y.sum(), x)
     assert grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_a_code_exactly_on_the_edge_gets_torch_clamps_own_gradient():
+    # 3.4 / 0.5 = 6.8 rounds to 7 = qmax: inside the range, but PyTorch's clamp gives a value
+    # exactly at its bound gradient 1 before torch 2.14 and 0 from 2.14 on; so does torchao
+    x = torch.tensor([3.4], requires_grad=True)
+    (grad,) = torch.autograd.grad(quant.fake_quantize(x, 0.5, 0, 4).sum(), x)
+    edge = torch.tensor([7.0], requires_grad=True)
+    (clamp_grad,) = torch.autograd.grad(torch.clamp(edge, -8, 7).sum(), edge)
+    assert torch.equal(grad, clamp_grad)
 
 
 @settings(max_examples=40, deadline=None)
