@@ -208,7 +208,9 @@ def fake_quantize(
     Backward: ``round`` has gradient 0 almost everywhere, which would stop training, so the
     straight-through estimator passes the gradient as if rounding were the identity:
     :math:`\partial \hat x / \partial x = 1` where :math:`round(x/s) + z` lies in
-    :math:`[q_{min}, q_{max}]`, and 0 where the clamp cuts it off.
+    :math:`[q_{min}, q_{max}]`, and 0 where the clamp cuts it off. A code that lands exactly
+    on :math:`q_{min}` or :math:`q_{max}` gets the gradient ``torch.clamp`` gives at its bound:
+    1 before torch 2.14, 0 from 2.14 on (torchao's fake quantization does the same).
 
     Shape:
         x: any; scale and zero-point broadcast against it; output: like ``x``.
