@@ -50,12 +50,6 @@ def _check_bits(bits) -> int:
     return bits
 
 
-def _check_flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
 def _check_qparams(x, scale, zero_point) -> None:
     V.tensor("x", x, floating=True)
     s = torch.as_tensor(scale)
@@ -136,11 +130,9 @@ def qparams(
     V.tensor("x", x, floating=True, finite=True)
     if x.numel() == 0:
         raise ValueError("x is empty: nothing to take a range from")
-    qmin, qmax = qrange(bits, _check_flag("symmetric", symmetric))
+    qmin, qmax = qrange(bits, V.flag("symmetric", symmetric))
     dims = (
-        tuple(range(1, x.dim()))
-        if _check_flag("per_channel", per_channel)
-        else tuple(range(x.dim()))
+        tuple(range(1, x.dim())) if V.flag("per_channel", per_channel) else tuple(range(x.dim()))
     )
     if per_channel and x.dim() < 1:
         raise ValueError("per_channel needs a tensor with a channel dimension (x.dim() >= 1)")
@@ -177,7 +169,7 @@ def quantize(
         [-64, 32, 127]
     """
     _check_qparams(x, scale, zero_point)
-    qmin, qmax = qrange(bits, _check_flag("symmetric", symmetric))
+    qmin, qmax = qrange(bits, V.flag("symmetric", symmetric))
     q = torch.clamp(torch.round(x * (1.0 / scale)) + zero_point, qmin, qmax)
     return q.to(torch.int8 if symmetric else torch.uint8)
 
@@ -222,7 +214,7 @@ def fake_quantize(
         ([0.5, 3.5], [1.0, 0.0])
     """
     _check_qparams(x, scale, zero_point)
-    qmin, qmax = qrange(bits, _check_flag("symmetric", symmetric))
+    qmin, qmax = qrange(bits, V.flag("symmetric", symmetric))
     r = x * (1.0 / scale)
     r = r + (torch.round(r) - r).detach()  # round, but with gradient 1: straight through
     q = torch.clamp(r + zero_point, qmin, qmax)  # gradient 0 where the clamp cuts
@@ -291,7 +283,7 @@ def dynamic_int8(model: nn.Module, reduce_range: bool = True) -> nn.Module:
             a CPU with VNNI for full 8-bit codes.
     """
     _check_cpu(model)
-    _check_flag("reduce_range", reduce_range)
+    V.flag("reduce_range", reduce_range)
     if not any(isinstance(m, nn.Linear) for m in model.modules()):
         raise TypeError(f"model: a {type(model).__name__} with no nn.Linear layer to quantize")
     with _quiet():

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "number", "integer", "tensor", "pair", "device_of", "eval_mode", "atomic_path", "sha256"
+    "number", "integer", "flag", "tensor", "pair",
+    "device_of", "eval_mode", "atomic_path", "sha256",
 ]  # fmt: skip
 
 
@@ -53,6 +54,13 @@ def integer(name: str, value, low: int = 1) -> int:
         what = "a positive integer" if low == 1 else f"an integer >= {low}"
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(value)
+
+
+def flag(name: str, value) -> bool:
+    """Return ``value`` if it is ``True`` or ``False``; else ``TypeError`` naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def tensor(name: str, x, *, ndim=None, floating: bool = False, finite: bool = False):

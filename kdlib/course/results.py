@@ -625,7 +625,7 @@ def _prune_section(args: argparse.Namespace) -> str:
             f"{r['csr_bytes']:,} |"
         )
     out += ["", "CSR: 4-byte values + 4-byte column indices + row pointers per weight matrix."]
-    # The target: ≤ 10% of the weights kept, within 0.5 points, mean of the seeds.
+    # The section's target: at most 10% of the weights kept, within 0.5 points, mean of seeds.
     target = 0.92
     pruned = []
     for seed in seeds:
