@@ -7,9 +7,8 @@ never changed. With fixed inputs its logits are computed once and looked up by r
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,8 +23,7 @@ from .metrics import agreement, mean_kl
 from .train import History, fit, get_device, on_device, predict
 
 __all__ = [
-    "distill", "frozen", "DistillBatch", "LOSS_NAMES", "resolve_loss", "random_shift",
-    "DistillSweep", "distill_sweep"
+    "distill", "frozen", "DistillBatch", "LOSS_NAMES", "resolve_loss", "random_shift"
 ]  # fmt: skip
 
 # name -> (what it computes, for the history and error messages)
@@ -347,80 +345,3 @@ def _given_logits(z: torch.Tensor, probe: torch.Tensor, n: int, C: int) -> torch
             "differ): another teacher, another data order, or a teacher changed since"
         )
     return z.detach()
-
-
-@dataclass
-class DistillSweep:
-    """The histories of :func:`distill` runs over a grid, to look up without training."""
-
-    keys: list[str]  # the swept arguments, e.g. ["alpha", "T"]
-    settings: list[tuple]  # one tuple of values per run, in the order of ``keys``
-    histories: list[History]  # one per run, same order
-
-    def values(self, key: str) -> list:
-        """The swept values of ``key``, in grid order."""
-        i = self._index(key)
-        return list(dict.fromkeys(s[i] for s in self.settings))
-
-    def lookup(self, **setting) -> History:
-        """The history of the run with exactly these values, e.g. ``lookup(alpha=0.9, T=4)``."""
-        if set(setting) != set(self.keys):
-            raise ValueError(f"give a value for each of {self.keys}, got {sorted(setting)}")
-        wanted = tuple(setting[k] for k in self.keys)
-        for s, h in zip(self.settings, self.histories, strict=True):
-            if all(abs(a - b) < 1e-12 for a, b in zip(s, wanted, strict=True)):
-                return h
-        raise ValueError(f"{setting} was not swept; swept values: {self.grid}")
-
-    def final(self, column: str = "test_acc") -> dict[tuple, float]:
-        """``{setting: last value of column}`` for every run."""
-        return {s: h.last(column) for s, h in zip(self.settings, self.histories, strict=True)}
-
-    @property
-    def grid(self) -> dict[str, list]:
-        return {k: self.values(k) for k in self.keys}
-
-    def _index(self, key: str) -> int:
-        if key not in self.keys:
-            raise ValueError(f"{key!r} was not swept; swept: {self.keys}")
-        return self.keys.index(key)
-
-
-def distill_sweep(
-    make_student: Callable[[], nn.Module],
-    teacher: nn.Module,
-    data: Dataset,
-    grid: dict[str, Sequence[float]],
-    loss: str | LogitLoss = "kd",
-    **kwargs,
-) -> DistillSweep:
-    """Run :func:`distill` once for every combination of the values in ``grid``.
-
-    Args:
-        make_student: returns a fresh student (same initial weights each call).
-        teacher, data, loss: shared by every run.
-        grid: e.g. ``{"alpha": [0.5, 0.9], "T": [1, 4]}``, run in ``itertools.product`` order.
-        **kwargs: the other arguments of :func:`distill`.
-
-    Example:
-        >>> sweep = distill_sweep(lambda: kdlib.model("tiny", seed=0), teacher, data,
-        ...                       {"alpha": [0.5, 0.9], "T": [1, 4]}, epochs=3)
-        >>> sweep.lookup(alpha=0.9, T=4).last("test_acc")  # doctest: +SKIP
-    """
-    if not grid or any(len(v) == 0 for v in grid.values()):
-        raise ValueError(f"grid needs at least one value per key, got {grid!r}")
-    clash = set(grid) & set(kwargs)
-    if clash:
-        raise ValueError(f"{sorted(clash)} given both in grid and as fixed arguments")
-    keys = list(grid)
-    fixed_inputs = not {"augment", "extra_loss", "cache_teacher_logits", "teacher_logits"} & (
-        set(kwargs) | set(keys)
-    )
-    if fixed_inputs:  # the teacher's pass over the training split, once for the whole grid
-        kwargs["teacher_logits"] = predict(teacher, data.X_train)
-    settings, histories = [], []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        setting = dict(zip(keys, values, strict=True))
-        histories.append(distill(make_student(), teacher, data, loss, **kwargs, **setting))
-        settings.append(tuple(values))
-    return DistillSweep(keys, settings, histories)

@@ -33,8 +33,8 @@ from .train import History, evaluate, fit
 __all__ = [
     "prunable_layers", "magnitude_prune", "prune_to_sparsity", "SparsityReport", "sparsity_report",
     "make_permanent", "save_pruned", "load_pruned", "unit_norms", "structured_prune", "shrink",
-    "iterative_prune", "AGPSchedule", "agp_schedule", "SparsitySweep", "sparsity_sweep",
-    "Sensitivity", "sensitivity_scan"
+    "iterative_prune", "AGPSchedule", "agp_schedule", "Sensitivity", "sensitivity_scan",
+    "copy_pruned"
 ]  # fmt: skip
 
 # Layers whose ``weight`` the course prunes.
@@ -250,8 +250,9 @@ def _pruned_tensors(model: nn.Module) -> list[tuple[nn.Module, str]]:
     ]
 
 
-def _clone(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy`` that also works on masked models (their ``weight`` is no leaf)."""
+def copy_pruned(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``, masked or not (``copy.deepcopy`` fails on masked layers,
+    whose ``weight`` is computed from ``weight_orig`` and ``weight_mask``)."""
     with torch.no_grad():
         for m, name in _pruned_tensors(model):
             setattr(m, name, _effective(m, name))
@@ -289,7 +290,7 @@ def load_pruned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or saved.get("format") != "kdlib-pruned-1":
         raise ValueError(f"{path} is not a file written by kdlib.save_pruned")
-    _load_into(_clone(model), saved, path)  # every check on a copy first
+    _load_into(copy_pruned(model), saved, path)  # every check on a copy first
     return _load_into(model, saved, path)
 
 
@@ -550,7 +551,7 @@ def shrink(model: nn.Module) -> nn.Sequential:
         ValueError: zero units in a layer it cannot rebuild or whose consumer it cannot trace
             (the message names the module and its type), or a layer that would lose every unit.
     """
-    net = make_permanent(_clone(model))
+    net = make_permanent(copy_pruned(model))
     for name, m in _leaves(net):  # zero units in a layer shrink cannot rebuild: refuse by name
         w = getattr(m, "weight", None)
         known = isinstance(m, (nn.Linear, nn.Conv2d, *_BATCHNORM))
@@ -792,43 +793,6 @@ def agp_schedule(s_i: float, s_f: float, t0: float, n: int, dt: float) -> AGPSch
 # --------------------------------------------------------------------------------------------
 # Accuracy against sparsity, and per-layer sensitivity
 @dataclass
-class SparsitySweep:
-    """Accuracy of one-shot magnitude pruning at each sparsity (no fine-tuning)."""
-
-    sparsities: list[float]  # overall masked fraction of the chosen layers
-    accuracy: list[float]  # accuracy on the evaluated split at each sparsity
-    masks: dict[float, dict[str, torch.Tensor]]  # sparsity -> layer -> bool mask (if kept)
-
-    def lookup(self, sparsity: float) -> float:
-        """Accuracy at ``sparsity`` (must be one of the swept values)."""
-        for s, acc in zip(self.sparsities, self.accuracy, strict=True):
-            if abs(s - sparsity) < 1e-9:
-                return acc
-        raise ValueError(f"sparsity {sparsity} was not swept; swept: {self.sparsities}")
-
-
-def sparsity_sweep(
-    model: nn.Module,
-    data: Dataset,
-    sparsities: Sequence[float],
-    scope: str = "global",
-    layers: Iterable[str] | None = None,
-    split: str = "test",
-    keep_masks: bool = False,
-) -> SparsitySweep:
-    """Accuracy of one-shot magnitude pruning of copies of ``model`` at each sparsity."""
-    names = list(prunable_layers(model, layers))
-    accs, masks = [], {}
-    for s in sparsities:
-        net = prune_to_sparsity(_clone(model), s, scope=scope, layers=names)
-        accs.append(evaluate(net, data, split=split)["accuracy"])
-        if keep_masks:
-            mods = prunable_layers(net, names)
-            masks[s] = {n: _mask(m).bool().cpu() for n, m in mods.items()}
-    return SparsitySweep([float(s) for s in sparsities], accs, masks)
-
-
-@dataclass
 class Sensitivity:
     """Accuracy with each layer pruned alone, at each amount (from :func:`sensitivity_scan`)."""
 
@@ -922,7 +886,7 @@ def sensitivity_scan(
     for name in names:
         accuracy[name] = []
         for a in amounts:
-            net = _clone(model)
+            net = copy_pruned(model)
             torch_prune.l1_unstructured(net.get_submodule(name), "weight", amount=a)
             accuracy[name].append(evaluate(net, data, split=split)["accuracy"])
         sizes[name] = int(_mask(model.get_submodule(name)).numel())

@@ -125,7 +125,7 @@ def test_sweep_runs_the_teacher_over_the_training_split_once(small, teacher):
     rows = []
     handle = teacher.register_forward_hook(lambda m, i, o: rows.append(len(o)))
     try:
-        sweep = kdlib.distill_sweep(
+        sweep = kdlib.course.distill_sweep(
             lambda: kdlib.model("tiny", seed=0), teacher, small,
             {"alpha": [0.5, 1.0], "T": [2.0]}, epochs=1, seed=0, progress=False,
         )  # fmt: skip

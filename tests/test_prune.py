@@ -338,7 +338,7 @@ def test_suggest_follows_the_convex_hull_of_a_scan():
 
 def test_sparsity_sweep_does_not_touch_the_model(data):
     net = kdlib.model("tiny", seed=0)
-    sweep = prune.sparsity_sweep(net, data, [0.0, 0.5, 0.9], keep_masks=True)
+    sweep = kdlib.course.sparsity_sweep(net, data, [0.0, 0.5, 0.9], keep_masks=True)
     assert not torch_prune.is_pruned(net)
     assert sweep.lookup(0.0) == kdlib.evaluate(net, data)["accuracy"]
     mask = sweep.masks[0.9]["fc1"]

@@ -9,7 +9,7 @@ import torch  # noqa: E402
 
 import kdlib  # noqa: E402
 from kdlib.course import viz, widgets  # noqa: E402
-from kdlib.distill import DistillSweep  # noqa: E402
+from kdlib.course.sweeps import DistillSweep  # noqa: E402
 from kdlib.train import History  # noqa: E402
 
 CLASSES = [str(i) for i in range(10)]
@@ -129,7 +129,7 @@ def test_distill_sweep_runs_every_setting_and_looks_up():
     data = kdlib.load("digits").subset(256, 128)
     teacher = kdlib.mlp(64, [32], 10)
     kdlib.fit(teacher, data, epochs=3, lr=1e-2, seed=0, progress=False)
-    sweep = kdlib.distill_sweep(
+    sweep = kdlib.course.distill_sweep(
         lambda: kdlib.mlp(64, [16], 10), teacher, data, {"alpha": [0.5, 1.0], "T": [2.0]},
         epochs=1, seed=0, progress=False,
     )  # fmt: skip
@@ -142,10 +142,11 @@ def test_distill_sweep_runs_every_setting_and_looks_up():
         sweep.lookup(alpha=0.7, T=2.0)
     with pytest.raises(ValueError, match="give a value for each of"):
         sweep.lookup(alpha=0.5)
+    make = lambda: kdlib.mlp(64, [16], 10)  # noqa: E731
     with pytest.raises(ValueError, match="given both in grid and as fixed arguments"):
-        kdlib.distill_sweep(lambda: kdlib.mlp(64, [16], 10), teacher, data, {"T": [1.0]}, T=2.0)
+        kdlib.course.distill_sweep(make, teacher, data, {"T": [1.0]}, T=2.0)
     with pytest.raises(ValueError, match="at least one value per key"):
-        kdlib.distill_sweep(lambda: kdlib.mlp(64, [16], 10), teacher, data, {"T": []})
+        kdlib.course.distill_sweep(make, teacher, data, {"T": []})
 
 
 def test_plots_draw_what_they_are_given():

@@ -18,7 +18,7 @@ def swept():
     data = kdlib.load("mnist-5k").subset(256, 200)
     net = kdlib.model("tiny", seed=0)
     kdlib.fit(net, data, epochs=2, seed=0, progress=False)
-    sweep = prune.sparsity_sweep(net, data, [0.0, 0.5, 0.9, 0.99], keep_masks=True)
+    sweep = kdlib.course.sparsity_sweep(net, data, [0.0, 0.5, 0.9, 0.99], keep_masks=True)
     return data, net, sweep
 
 
@@ -28,7 +28,7 @@ def test_sparsity_slider_looks_up_the_precomputed_sweep(swept):
     assert box.state["sparsity"] == 0.9  # the middle option
     for s in (0.0, 0.99, 0.5):
         box.slider.value = s
-        ref = prune.prune_to_sparsity(prune._clone(net), s)
+        ref = prune.prune_to_sparsity(prune.copy_pruned(net), s)
         assert box.state["accuracy"] == kdlib.evaluate(ref, data)["accuracy"]
         assert box.state["kept"] == int(ref.fc1.weight_mask.sum())
         assert f"sparsity {s:.0%} | test accuracy" in box.state["line"]
@@ -45,7 +45,7 @@ def test_sparsity_slider_bad_input(swept):
     _, net, sweep = swept
     with pytest.raises(ValueError, match="layer 'fc9' is not in the sweep"):
         widgets.sparsity_slider(net, sweep, layer="fc9")
-    no_masks = prune.SparsitySweep(sweep.sparsities, sweep.accuracy, {})
+    no_masks = kdlib.course.SparsitySweep(sweep.sparsities, sweep.accuracy, {})
     with pytest.raises(ValueError, match="keep_masks=True"):
         widgets.sparsity_slider(net, no_masks)
 

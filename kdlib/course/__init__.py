@@ -4,7 +4,8 @@ reader of :mod:`kdlib` does not need.
 - :mod:`~kdlib.course.recipes`: each preset's training recipe and the cache of trained
   teachers (:func:`trained_teacher`);
 - :mod:`~kdlib.course.results`: the README's results tables (``python -m kdlib.course.results``);
-- :mod:`~kdlib.course.viz` and :mod:`~kdlib.course.widgets`: plots and interactive widgets;
+- :mod:`~kdlib.course.viz` and :mod:`~kdlib.course.widgets`: plots and interactive widgets,
+  and :mod:`~kdlib.course.sweeps`: the grids of runs the widgets look up;
 - :mod:`~kdlib.course.checks`, :mod:`~kdlib.course.exercises`, :mod:`~kdlib.course.grade`,
   :mod:`~kdlib.course.record`, :mod:`~kdlib.course.sandbox`: exercise checkers, student
   versions, the grader and its sandbox;
@@ -18,12 +19,14 @@ while to import.
 import importlib
 
 from .recipes import RECIPES, Recipe, train_preset, trained_teacher
+from .sweeps import DistillSweep, SparsitySweep, distill_sweep, sparsity_sweep
 
-__all__ = ["RECIPES", "Recipe", "train_preset", "trained_teacher"]
+__all__ = ["RECIPES", "Recipe", "train_preset", "trained_teacher", "DistillSweep", "SparsitySweep"]
+__all__ += ["distill_sweep", "sparsity_sweep"]
 
 _SUBMODULES = {
     "checks", "exercises", "grade", "notebooks", "record", "recipes", "results", "run",
-    "sandbox", "viz", "widgets",
+    "sandbox", "sweeps", "viz", "widgets",
 }  # fmt: skip
 
 

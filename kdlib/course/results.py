@@ -56,11 +56,11 @@ from ..prune import (
     make_permanent,
     shrink,
     sparsity_report,
-    sparsity_sweep,
     structured_prune,
 )
 from ..train import History, evaluate, fit, predict
 from .recipes import RECIPES, train_preset, trained_teacher
+from .sweeps import sparsity_sweep
 
 __all__ = [
     "SECTIONS",

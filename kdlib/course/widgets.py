@@ -28,7 +28,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Pruning (notebooks 07 and 08)
 def sparsity_slider(model, sweep, layer: str = "fc1", value: float | None = None):
-    """A sparsity slider over a precomputed :func:`kdlib.prune.sparsity_sweep`.
+    """A sparsity slider over a precomputed :func:`kdlib.course.sparsity_sweep`.
 
     Moving the slider only looks things up (no pruning, no evaluation): the output shows
     ``sparsity … | test accuracy … | <layer> keeps … of … weights`` above
@@ -273,7 +273,7 @@ def _history_line(prefix: str, hist) -> str:
 
 
 def lambda_slider(sweep, value: float | None = None):
-    """A slider labelled ``λ`` over a precomputed :func:`kdlib.distill.distill_sweep` on ``lam``.
+    """A slider labelled ``λ`` over a precomputed :func:`kdlib.course.distill_sweep` on ``lam``.
 
     Moving it only looks runs up: it shows the chosen run's final test accuracy, agreement
     and KL with the teacher, and every run's test accuracy per epoch with the chosen one
@@ -316,7 +316,7 @@ def lambda_slider(sweep, value: float | None = None):
 
 
 def alpha_T_explorer(sweep, alpha: float | None = None, T: float | None = None):
-    """Sliders ``α`` and ``T`` over a precomputed :func:`kdlib.distill.distill_sweep` grid.
+    """Sliders ``α`` and ``T`` over a precomputed :func:`kdlib.course.distill_sweep` grid.
 
     Moving either only looks the run up: it shows the run's final test accuracy, agreement
     and KL with the teacher, and the grid's accuracies as a heat map
