@@ -1,8 +1,6 @@
-"""The distillation loop: train a student to match a frozen teacher, on :func:`kdlib.train.fit`.
-
-:func:`distill` supplies ``fit``'s ``loss_fn`` (the KD step) and ``metrics`` (agreement and KL
-to the teacher); there is no second loop. The teacher runs inside :func:`frozen`, so it is
-never changed. With fixed inputs its logits are computed once and looked up by row.
+"""Distillation on :func:`kdlib.train.fit`: :func:`distill` supplies ``fit``'s ``loss_fn`` (the KD
+step) and ``metrics`` (agreement and KL to the teacher), so there is no second loop. The teacher
+runs inside :func:`frozen` and is never changed; with fixed inputs its logits are computed once.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from .metrics import agreement, mean_kl
 from .train import History, fit, get_device, on_device, predict
 
 __all__ = [
-    "distill", "frozen", "DistillBatch", "LOSS_NAMES", "resolve_loss", "random_shift"
+    "distill", "frozen", "DistillBatch", "LOSS_NAMES", "resolve_loss"
 ]  # fmt: skip
 
 # name -> (what it computes, for the history and error messages)
@@ -57,10 +55,8 @@ class DistillBatch:
 
 @contextmanager
 def frozen(teacher: nn.Module):
-    """Freeze ``teacher`` inside the block: eval mode and ``requires_grad=False`` everywhere.
-
-    Every mode and flag is restored on exit, even after an exception. Run the forward under
-    ``torch.no_grad()`` too.
+    """Eval mode and ``requires_grad=False`` for ``teacher`` inside the block; every mode and flag
+    is restored on exit, even after an exception. Run the forward under ``torch.no_grad()`` too.
 
     Example:
         >>> with frozen(teacher), torch.no_grad():
@@ -80,62 +76,27 @@ def frozen(teacher: nn.Module):
 def resolve_loss(
     loss: str | LogitLoss | None, T: float = 4.0, alpha: float = 0.9, lam: float = 1.0
 ) -> LogitLoss | None:
-    """A loss name from :data:`LOSS_NAMES`, or a callable ``(z_s, z_t, y) -> scalar`` (returned as
-    is), as ``fn(z_s, z_t, y)``; ``None`` for no output loss. ``T``, ``alpha`` and ``lam`` are
-    checked even when unused.
-    """
+    """The loss named in :data:`LOSS_NAMES` as ``fn(z_s, z_t, y)``; a callable or ``None`` is
+    returned as it is. ``T``, ``alpha`` and ``lam`` are checked even when unused."""
     V.number("temperature T", T, 0, open_low=True)
     V.number("alpha", alpha, 0, 1)
     V.number("lam", lam, 0)
     if loss is None or (callable(loss) and not isinstance(loss, str)):
         return loss
-    if loss == "kd":
-        return lambda s, t, y: L.kd_loss(s, t, y, T, alpha)
-    if loss == "soft":
-        return lambda s, t, y: L.soft_target_kl(s, t, T)
-    if loss == "soft-ce":
-        return lambda s, t, y: L.kd_loss(s, t, y, T, alpha, soft="ce")
-    if loss == "mse":
-        return lambda s, t, y: L.mse_logits(s, t)
-    if loss == "mse+ce":
-        return lambda s, t, y: L.mse_kd_loss(s, t, y, lam)
-    if loss == "ce":
-        return lambda s, t, y: F.cross_entropy(s, y)
-    raise ValueError(
-        f"unknown loss {loss!r}; use one of {', '.join(map(repr, LOSS_NAMES))}, a callable "
-        "(student_logits, teacher_logits, y) -> scalar, or None with an extra_loss"
-    )
-
-
-def random_shift(max_shift: int = 2) -> Callable[[torch.Tensor], torch.Tensor]:
-    """An ``augment`` that moves each image by a random whole number of pixels in each direction.
-
-    Shifts are uniform in ``[-max_shift, max_shift]``; the border repeats. The teacher labels
-    every shifted image, a larger transfer set (so it runs per batch). Draws come from PyTorch's
-    global generator, which ``fit(seed=...)`` seeds.
-
-    Shape:
-        X: ``(N, C, H, W)``; output: the same shape.
-
-    Example:
-        >>> distill(student, teacher, data, "kd", augment=random_shift(2)).info["teacher_logits"]
-        'per-batch'
-    """
-    V.integer("max_shift", max_shift, low=0)
-
-    def shift(X: torch.Tensor) -> torch.Tensor:
-        if X.ndim != 4:
-            raise ValueError(f"random_shift needs images (N, C, H, W), got {tuple(X.shape)}")
-        N, _, H, W = X.shape  # batch, channels, height, width
-        d = torch.randint(-max_shift, max_shift + 1, (N, 2)).to(X.device, X.dtype)
-        theta = torch.zeros(N, 2, 3, device=X.device, dtype=X.dtype)
-        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-        # affine_grid works in [-1, 1] coordinates: one pixel is 2 / width
-        theta[:, 0, 2], theta[:, 1, 2] = 2 * d[:, 0] / W, 2 * d[:, 1] / H
-        grid = F.affine_grid(theta, list(X.shape), align_corners=False)
-        return F.grid_sample(X, grid, mode="nearest", padding_mode="border", align_corners=False)
-
-    return shift
+    named = {
+        "kd": lambda s, t, y: L.kd_loss(s, t, y, T, alpha),
+        "soft": lambda s, t, y: L.soft_target_kl(s, t, T),
+        "soft-ce": lambda s, t, y: L.kd_loss(s, t, y, T, alpha, soft="ce"),
+        "mse": lambda s, t, y: L.mse_logits(s, t),
+        "mse+ce": lambda s, t, y: L.mse_kd_loss(s, t, y, lam),
+        "ce": lambda s, t, y: F.cross_entropy(s, y),
+    }
+    if loss not in named:
+        raise ValueError(
+            f"unknown loss {loss!r}; use one of {', '.join(map(repr, LOSS_NAMES))}, a callable "
+            "(student_logits, teacher_logits, y) -> scalar, or None with an extra_loss"
+        )
+    return named[loss]
 
 
 def distill(
@@ -156,44 +117,35 @@ def distill(
 ) -> History:
     r"""Train ``student`` to match ``teacher`` on ``data`` (the teacher is never modified).
 
-    Each step computes the teacher's logits :math:`z_t` (from the cache, or a no-grad forward),
-    the student's :math:`z_s`, and ``loss(z_s, z_t, y)``, e.g. for ``"kd"``
+    Each step takes the teacher's logits :math:`z_t` (cached, or a no-grad forward), the
+    student's :math:`z_s`, and ``loss(z_s, z_t, y)`` plus ``extra_loss``; for ``"kd"``
 
     .. math::
         \alpha\, T^2\, KL(p_t(T) \,\|\, p_s(T)) + (1 - \alpha)\, CE(z_s, y)
 
-    plus ``extra_loss``. The loop is :func:`kdlib.train.fit`.
-
     Args:
         student: the model to train, ``(N, *input_shape) -> (N, C)`` logits.
-        teacher: the trained model to imitate; :func:`frozen` for the whole run. A teacher on
-            another device is moved to the training device and back afterwards.
-        data: the data set.
-        loss: a name from :data:`LOSS_NAMES` (``"kd"``, ``"soft"``, ``"soft-ce"``, ``"mse"``,
-            ``"mse+ce"``, ``"ce"``), a callable ``(student_logits, teacher_logits, y) ->
-            scalar``, or ``None`` (then ``extra_loss`` is the whole objective).
-        epochs: passes over the training split.
-        lr: learning rate.
-        T: temperature of the soft losses (> 0).
-        alpha: weight of the soft part in ``"kd"`` / ``"soft-ce"``, in [0, 1].
-        lam: weight of the logit-matching term in ``"mse+ce"`` (>= 0).
-        cache_teacher_logits: ``True``: the teacher's logits on the training split are
-            computed once and looked up by row (needs fixed inputs: no ``augment``).
-            ``False``: the teacher runs on every batch. ``None``: cache when there is neither
-            ``augment`` nor ``extra_loss`` (which usually reads teacher features).
-        teacher_logits: a cache computed beforehand, ``predict(teacher, data.X_train)``, so
-            several runs pay for the teacher once; its first rows are checked.
-        extra_loss: ``extra_loss(batch: DistillBatch) -> scalar`` added on every batch.
-        **fit_kwargs: passed on to :func:`kdlib.train.fit`: ``batch_size``, ``optimizer``,
-            ``schedule``, ``augment`` (the teacher sees the same augmented batch),
-            ``extra_modules``, ``params``, ``metrics``, ``callbacks``, ``device``, ``seed``,
-            ``history``, ...
+        teacher: the trained model to imitate, :func:`frozen` for the whole run; one on another
+            device is moved to the training device and back afterwards.
+        data, epochs, lr: as in :func:`kdlib.train.fit`.
+        loss: a name from :data:`LOSS_NAMES`, a callable ``(student_logits, teacher_logits,
+            y) -> scalar``, or ``None`` (then ``extra_loss`` is the whole objective).
+        T: temperature (> 0); alpha: weight of the soft part in ``"kd"`` / ``"soft-ce"``, in
+            [0, 1]; lam: weight of the matching term in ``"mse+ce"`` (>= 0).
+        cache_teacher_logits: ``True``: the teacher's logits on the training split are computed
+            once and looked up by row (fixed inputs only: no ``augment``); ``False``: the
+            teacher runs on every batch; ``None``: cache unless ``augment`` or ``extra_loss``.
+        teacher_logits: that cache computed beforehand, ``predict(teacher, data.X_train)``, so
+            several runs pay for the teacher once (its first rows are checked).
+        extra_loss: ``extra_loss(batch: DistillBatch) -> scalar``, added on every batch.
+        **fit_kwargs: passed on to :func:`kdlib.train.fit` (``batch_size``, ``augment``, which
+            the teacher sees too, ``seed``, ``device``, ``metrics``, ``history``, ...).
 
     Returns:
-        The :class:`~kdlib.train.History`; rows also hold ``agreement`` (top-1 agreement
-        with the teacher on the test split) and ``kl_teacher`` (mean KL at T = 1, nats);
-        ``info`` holds ``teacher_logits`` (``"cached"`` or ``"per-batch"``),
-        ``cache_seconds``, ``loss``, ``T``, ``alpha``, ``lam`` and ``teacher_device``.
+        The :class:`~kdlib.train.History`; rows add ``agreement`` (top-1, with the teacher, on
+        the test split) and ``kl_teacher`` (mean KL at T = 1, nats); ``info`` holds
+        ``teacher_logits`` (``"cached"`` or ``"per-batch"``), ``cache_seconds``, ``loss``,
+        ``T``, ``alpha``, ``lam`` and ``teacher_device``.
 
     Example:
         >>> teacher = kdlib.course.trained_teacher(data)
@@ -206,23 +158,15 @@ def distill(
     logit_loss = resolve_loss(loss, T, alpha, lam)
     if logit_loss is None and extra_loss is None:
         raise ValueError("loss=None needs an extra_loss: otherwise there is nothing to train")
-    augment = fit_kwargs.get("augment")
-    cache = _use_cache(cache_teacher_logits, teacher_logits, augment, extra_loss)
+    cache = _use_cache(cache_teacher_logits, teacher_logits, fit_kwargs.get("augment"), extra_loss)
     dev = get_device(fit_kwargs.pop("device", None))
     data = on_device(data, dev)
     metrics = fit_kwargs.pop("metrics", None)
     history = fit_kwargs.pop("history", None)
     history = History() if history is None else history
     fit_kwargs.setdefault("desc", "distill")
-    t_dev = V.device_of(teacher)
-    moved = t_dev is not None and not _same_device(t_dev, dev)
-    if moved and t_dev.type == "meta":
-        raise ValueError(
-            f"the teacher is on the meta device (shapes only, no weights) but training runs on "
-            f"{dev}: load the teacher's weights first"
-        )
     step = {"epoch": 0, "batch": 0}
-    with frozen(teacher), _on_device(teacher, dev if moved else None):
+    with frozen(teacher), _on_device(teacher, dev) as where:
         cached, cache_seconds = _teacher_cache(teacher, data, cache, teacher_logits)
         teacher_test = predict(teacher, data.X_test)
 
@@ -258,9 +202,7 @@ def distill(
             T=T,
             alpha=alpha,
             lam=lam,
-            teacher_device=f"moved from {t_dev} to {dev} for training, then back"
-            if moved
-            else str(dev),
+            teacher_device=where,
         )
         fit(
             student, data, epochs, lr, loss_fn=kd_step, metrics=teacher_metrics,
@@ -270,28 +212,25 @@ def distill(
 
 
 def _use_cache(cache: bool | None, given, augment, extra_loss) -> bool:
-    """Whether the teacher's logits are computed once (see ``cache_teacher_logits``)."""
     if given is not None:
         if cache is False:
             raise ValueError(
-                "teacher_logits given with cache_teacher_logits=False: given logits are a "
-                "cache; drop one of the two"
+                "teacher_logits given with cache_teacher_logits=False: drop one of the two"
             )
         cache = True
     if cache is None:
         return augment is None and extra_loss is None
     if cache and augment is not None:
         raise ValueError(
-            "cache_teacher_logits=True with augment: cached logits belong to the un-augmented "
-            "inputs, so the teacher must run on every augmented batch; use "
-            "cache_teacher_logits=False (or None to choose automatically)"
+            "cache_teacher_logits=True with augment: the teacher must see every augmented "
+            "batch; use cache_teacher_logits=False (or None to choose automatically)"
         )
     return bool(cache)
 
 
 def _teacher_cache(teacher: nn.Module, data: Dataset, cache: bool, given):
     """``(logits on the training split or None, seconds)``, after checking the teacher's output."""
-    C = data.num_classes
+    C, n = data.num_classes, len(data.X_train)
     probe = predict(teacher, data.X_train[:2])
     if probe.ndim != 2 or probe.shape[1] != C:
         raise ValueError(
@@ -299,10 +238,22 @@ def _teacher_cache(teacher: nn.Module, data: Dataset, cache: bool, given):
             f"classes: student and teacher must both output {C} logits"
         )
     t0 = time.perf_counter()
+    cached = predict(teacher, data.X_train) if cache and given is None else None
     if given is not None:
-        cached = _given_logits(given, probe, len(data.X_train), C).to(data.X_train.device)
-    else:
-        cached = predict(teacher, data.X_train) if cache else None
+        if not isinstance(given, torch.Tensor):
+            raise TypeError(f"teacher_logits must be a tensor, got {type(given).__name__}")
+        if tuple(given.shape) != (n, C):
+            raise ValueError(
+                f"teacher_logits have shape {tuple(given.shape)} but the training split needs "
+                f"({n}, {C}): pass predict(teacher, data.X_train)"
+            )
+        head = given[: len(probe)].detach().float().to(probe.device)
+        if not torch.allclose(head, probe.float(), rtol=1e-3, atol=1e-3):
+            raise ValueError(
+                "teacher_logits are not this teacher's logits on data.X_train (the first rows "
+                "differ): another teacher, another data order, or a teacher changed since"
+            )
+        cached = given.detach().to(data.X_train.device)
     seconds = time.perf_counter() - t0 if cached is not None else 0.0
     if cached is not None and not bool(torch.isfinite(cached).all()):
         bad = torch.nonzero(~torch.isfinite(cached).all(1)).flatten()[:5].tolist()
@@ -311,37 +262,20 @@ def _teacher_cache(teacher: nn.Module, data: Dataset, cache: bool, given):
 
 
 @contextmanager
-def _on_device(module: nn.Module, device: torch.device | None):
-    """Move ``module`` to ``device`` inside the block and back to where it was afterwards."""
-    if device is None:
-        yield module
-        return
-    home = V.device_of(module)
-    module.to(device)
-    try:
-        yield module
-    finally:
-        module.to(home)
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
+def _on_device(teacher: nn.Module, dev: torch.device):
+    """The teacher on ``dev`` inside the block, back where it was after; yields where it ran."""
+    home = V.device_of(teacher)
     # "cuda" and "cuda:0" name the same device when the index is left open
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
-
-
-def _given_logits(z: torch.Tensor, probe: torch.Tensor, n: int, C: int) -> torch.Tensor:
-    """Check logits the caller computed for the training split against the teacher."""
-    if not isinstance(z, torch.Tensor):
-        raise TypeError(f"teacher_logits must be a tensor, got {type(z).__name__}")
-    if tuple(z.shape) != (n, C):
+    if home is None or (home.type == dev.type and None in (home.index, dev.index)) or home == dev:
+        yield str(dev)
+        return
+    if home.type == "meta":
         raise ValueError(
-            f"teacher_logits have shape {tuple(z.shape)} but the training split needs ({n}, {C}):"
-            " pass predict(teacher, data.X_train)"
+            f"the teacher is on the meta device (shapes only, no weights) but training runs on "
+            f"{dev}: load the teacher's weights first"
         )
-    head = z[: len(probe)].detach().float().to(probe.device)
-    if not torch.allclose(head, probe.float(), rtol=1e-3, atol=1e-3):
-        raise ValueError(
-            "teacher_logits are not this teacher's logits on data.X_train (the first rows "
-            "differ): another teacher, another data order, or a teacher changed since"
-        )
-    return z.detach()
+    teacher.to(dev)
+    try:
+        yield f"moved from {home} to {dev} for training, then back"
+    finally:
+        teacher.to(home)

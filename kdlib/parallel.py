@@ -1,12 +1,7 @@
-"""Devices, mixed precision and ``torch.distributed`` data parallelism, behind a few functions.
-
-:func:`get_device` picks cuda → mps → cpu. :func:`mixed_precision` turns an ``amp`` setting
-into an autocast context and a backward step. Under ``torchrun`` every process (a *rank*)
-holds a full copy of the model and of the in-memory data: :func:`setup` joins the process group
-(gloo on CPU, NCCL on CUDA) and :func:`cleanup` leaves it. :func:`kdlib.train.fit` then calls
-:func:`wrap` (``DistributedDataParallel``), :func:`finish_epoch`, :func:`all_reduce`,
-:func:`average` and :func:`broadcast`, so every rank holds the same history. A teacher is never
-wrapped: it is not trained. Without a group every function is the one-process identity.
+"""Devices (:func:`get_device`), mixed precision (:func:`mixed_precision`) and ``torchrun`` data
+parallelism: every process (a *rank*) holds the model and the data; :func:`setup` joins the group
+and :func:`kdlib.train.fit` calls :func:`wrap` (DDP), :func:`finish_epoch`, :func:`all_reduce`,
+:func:`average` and :func:`broadcast`. Without a group each is the one-process identity.
 """
 
 from __future__ import annotations
@@ -70,8 +65,8 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def setup(device: str | torch.device | None = None, backend: str | None = None) -> torch.device:
-    """Join the process group ``torchrun`` set up and return this process's device; without
-    ``torchrun`` (no ``WORLD_SIZE``) only pick the device, so one script runs both ways.
+    """Join ``torchrun``'s process group and return this process's device; without ``torchrun``
+    only pick the device, so one script runs both ways.
 
     Args:
         device: ``None`` picks cuda → mps → cpu; under torchrun with CUDA, GPU ``LOCAL_RANK``.
@@ -107,8 +102,6 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-# -------------------------------------------------------------------------------------------
-# Mixed precision
 @dataclass
 class MixedPrecision:
     """How the forward runs and the backward steps under one ``amp`` setting."""
@@ -130,12 +123,9 @@ class MixedPrecision:
 
 
 def mixed_precision(amp: bool | str | None, device: torch.device) -> MixedPrecision:
-    """The :class:`MixedPrecision` for ``amp`` on ``device``.
-
-    ``False``: off. ``True``: float16 with a gradient scaler on CUDA, off elsewhere (one
-    script runs on a laptop and on a GPU). ``"fp16"``: CUDA only. ``"bf16"``: float32's range,
-    so no scaler, on CUDA or CPU. ``None``: read ``$KDLIB_AMP`` (``0``, ``1``, ``fp16``,
-    ``bf16``), else off.
+    """``False``: off. ``True``: float16 with a gradient scaler on CUDA, off elsewhere (one
+    script runs on a laptop and on a GPU). ``"fp16"``: CUDA only. ``"bf16"``: float32's range, no
+    scaler, CUDA or CPU. ``None``: ``$KDLIB_AMP`` (``0``, ``1``, ``fp16``, ``bf16``), else off.
     """
     if amp is None:
         amp = os.environ.get("KDLIB_AMP", "0").lower()
@@ -154,8 +144,6 @@ def mixed_precision(amp: bool | str | None, device: torch.device) -> MixedPrecis
     raise ValueError(f"amp must be one of False, True, 'fp16' or 'bf16'; got {amp!r}")
 
 
-# -------------------------------------------------------------------------------------------
-# What kdlib.train.fit uses under a process group
 class _Trained(nn.Module):
     """The model and its ``extra_modules`` (projectors) as one module, so one DDP syncs both."""
 

@@ -1,12 +1,7 @@
-"""The training core: one loop for the whole course.
-
-:func:`fit` trains a model on a :class:`~kdlib.data.Dataset`, with cross-entropy by default or
-with any ``loss_fn(model, X, y, idx)``: distillation, feature distillation and pruning reuse
-this loop instead of copying it. :func:`evaluate` measures accuracy and loss, :func:`predict`
-returns logits without autograd, :func:`seed_everything` makes runs repeatable. Every run
-returns a :class:`History`, one row per epoch. Mixed precision and ``torch.distributed`` data
-parallelism sit behind :mod:`kdlib.parallel`'s functions, so the loop reads the same on a
-laptop and on several GPUs.
+"""One training loop for the whole course: :func:`fit`, with cross-entropy or any
+``loss_fn(model, X, y, idx)`` (distillation and pruning reuse it), :func:`evaluate`,
+:func:`predict` and :func:`seed_everything`. Mixed precision and ``torch.distributed`` sit behind
+:mod:`kdlib.parallel`, so the loop reads the same on a laptop and on several GPUs.
 """
 
 from __future__ import annotations
@@ -52,11 +47,8 @@ def progress_default() -> bool:
 
 @dataclass
 class History:
-    """What happened during training: one dict per epoch, plus how the run ended.
-
-    ``history["test_acc"]`` is the column as a list; ``history.last("test_acc")`` its final
-    value. ``info`` holds run-level facts (e.g. ``{"teacher_logits": "cached"}``).
-    """
+    """One dict per epoch, plus how the run ended: ``history["test_acc"]`` is a column as a
+    list, ``history.last("test_acc")`` its final value."""
 
     rows: list[dict] = field(default_factory=list)  # one per epoch
     stop_reason: str = "max_epochs"  # "max_epochs", or what a callback reported
@@ -68,9 +60,7 @@ class History:
     def __len__(self) -> int:
         return len(self.rows)
 
-    @property
-    def epochs(self) -> int:
-        return len(self.rows)
+    epochs = property(__len__)
 
     @property
     def seconds(self) -> float:
@@ -121,10 +111,10 @@ class TrainConfig:
 
 
 def _config(options: dict) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(options) - known)
+    known = sorted(f.name for f in fields(TrainConfig))
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        raise TypeError(f"fit() got unknown option(s) {unknown}; options: {sorted(known)}")
+        raise TypeError(f"fit() got unknown option(s) {unknown}; options: {known}")
     return TrainConfig(**options)
 
 
@@ -158,28 +148,26 @@ def check_model_and_data(model: nn.Module, data: Dataset, device: torch.device) 
     whose output is not ``(N, num_classes)`` (one forward on two examples, mode restored)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    data = on_device(data, device)
-    for name in ("X_train", "X_test"):
-        bad = ~torch.isfinite(getattr(data, name).flatten(1)).all(1)
+    data, C = on_device(data, device), data.num_classes
+    for split in ("train", "test"):
+        X, y = getattr(data, f"X_{split}"), getattr(data, f"y_{split}")
+        bad = ~torch.isfinite(X.flatten(1)).all(1)
         if bool(bad.any()):
             rows = torch.nonzero(bad).flatten()[:5].tolist()
-            raise ValueError(f"data.{name} contains NaN or inf (rows {rows}); clean the inputs")
-    C = data.num_classes
-    for split in ("train", "test"):
-        y = getattr(data, f"y_{split}")
+            raise ValueError(f"data.X_{split} contains NaN or inf (rows {rows}); clean the inputs")
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= C):
             raise ValueError(
-                f"{'training' if split == 'train' else 'test'} labels out of range: "
-                f"data.y_{split} holds values in [{int(y.min())}, {int(y.max())}] but "
-                f"{data.name!r} has {C} classes, so labels must be in [0, {C - 1}]"
+                f"{split} labels out of range: data.y_{split} holds values in [{int(y.min())}, "
+                f"{int(y.max())}] but {data.name!r} has {C} classes, so labels must be in "
+                f"[0, {C - 1}]"
             )
     with torch.no_grad(), V.eval_mode(model):
         out = model(data.X_train[:2])
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != data.num_classes:
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != C:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(
-            f"model outputs shape {shape} but {data.name!r} has {data.num_classes} classes: "
-            f"the model must return logits (N, {data.num_classes})"
+            f"model outputs shape {shape} but {data.name!r} has {C} classes: the model must "
+            f"return logits (N, {C})"
         )
     return data
 
@@ -211,29 +199,25 @@ def fit(
 ) -> History:
     """Train ``model`` on ``data.X_train``; evaluate on ``data.X_test`` after each epoch.
 
-    Each step: ``loss = loss_fn(model, X, y, idx)``, then backward and an optimizer step.
+    Each step: ``loss = loss_fn(model, X, y, idx)``, then backward and an optimizer step. Under
+    ``torchrun`` (after :func:`kdlib.parallel.setup`) every process calls ``fit`` alike, takes
+    its share of each global batch, and holds the same all-reduced history.
 
     Args:
         model: maps ``(N, *input_shape)`` to ``(N, num_classes)`` logits.
         data: the data set (moved to the training device if it is elsewhere).
-        epochs: passes over the training split (> 0).
-        lr: learning rate (> 0).
-        loss_fn: ``loss_fn(model, X, y, idx) -> scalar`` (default: cross-entropy on labels);
-            ``idx`` are the batch's rows in ``data.X_train``. Call ``model`` for the forward:
-            under ``torch.distributed`` it is the DDP wrapper that synchronises gradients.
+        epochs: passes over the training split (> 0); lr: learning rate (> 0).
+        loss_fn: ``loss_fn(model, X, y, idx) -> scalar`` (default: cross-entropy on labels),
+            ``idx`` the batch's rows in ``data.X_train``. Call ``model`` for the forward (under
+            ``torch.distributed`` it is the DDP wrapper that synchronises gradients).
         params: parameters to optimise (default: those of ``model`` and ``extra_modules``).
         extra_modules: modules trained with ``model`` but not part of it (projectors).
         metrics: ``metrics(model) -> dict`` of extra numbers logged after each evaluation.
         callbacks: ``cb(model, history) -> reason or None`` after each epoch; a string stops
             training and becomes ``history.stop_reason``.
         history: continue this history (rows are appended).
-        **options: the fields of :class:`TrainConfig`: ``batch_size``, ``optimizer``,
-            ``weight_decay``, ``schedule``, ``augment``, ``device``, ``seed``, ``progress``,
-            ``evaluate_every``, ``desc``, ``amp``.
-
-    Under a process group (``torchrun`` and :func:`kdlib.parallel.setup`) every process calls
-    ``fit`` alike: each takes its share of every global batch, and epoch loss, test metrics and
-    ``metrics`` are all-reduced, so every process holds the same history.
+        **options: the fields of :class:`TrainConfig` (``batch_size``, ``optimizer``,
+            ``schedule``, ``augment``, ``device``, ``seed``, ``progress``, ``amp``, ...).
 
     Returns:
         :class:`History` with ``epoch``, ``loss``, ``seconds`` and, when evaluated,
@@ -323,9 +307,8 @@ def _progress_bar(cfg: TrainConfig, rank: int, epochs: range):
 
 @torch.no_grad()
 def predict(model: nn.Module, X: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Logits of ``model`` on ``X``, in eval mode and without autograd (mode restored after).
-
-    ``X`` is moved to the model's device.
+    """Logits of ``model`` on ``X`` (moved to the model's device), in eval mode and without
+    autograd (mode restored after).
 
     Shape:
         X: ``(N, *)``; output ``(N, num_classes)``.

@@ -18,11 +18,11 @@ while to import.
 
 import importlib
 
-from .recipes import RECIPES, Recipe, train_preset, trained_teacher
+from .recipes import RECIPES, Recipe, random_shift, train_preset, trained_teacher
 from .sweeps import DistillSweep, SparsitySweep, distill_sweep, sparsity_sweep
 
 __all__ = ["RECIPES", "Recipe", "train_preset", "trained_teacher", "DistillSweep", "SparsitySweep"]
-__all__ += ["distill_sweep", "sparsity_sweep"]
+__all__ += ["distill_sweep", "sparsity_sweep", "random_shift"]
 
 _SUBMODULES = {
     "checks", "exercises", "grade", "notebooks", "record", "recipes", "results", "run",

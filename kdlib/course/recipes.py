@@ -15,19 +15,51 @@ import os
 import platform
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import parallel
+from .. import validate as V
 from ..data import Dataset, cache_dir
-from ..distill import random_shift
 from ..models import model as build_model
 from ..train import History, fit, get_device
 
-__all__ = ["Recipe", "RECIPES", "train_preset", "trained_teacher"]
+__all__ = ["Recipe", "RECIPES", "train_preset", "trained_teacher", "random_shift"]
+
+
+def random_shift(max_shift: int = 2) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An ``augment`` that shifts each image by whole pixels, uniform in ``[-max_shift,
+    max_shift]`` in each direction (the border repeats): a larger transfer set, labelled by the
+    teacher per batch. Draws come from PyTorch's global generator, which ``fit(seed=...)`` seeds.
+
+    Shape:
+        X: ``(N, C, H, W)``; output: the same shape.
+
+    Example:
+        >>> hist = kdlib.distill(student, teacher, data, augment=random_shift(2))
+        >>> hist.info["teacher_logits"]
+        'per-batch'
+    """
+    V.integer("max_shift", max_shift, low=0)
+
+    def shift(X: torch.Tensor) -> torch.Tensor:
+        if X.ndim != 4:
+            raise ValueError(f"random_shift needs images (N, C, H, W), got {tuple(X.shape)}")
+        N, _, H, W = X.shape  # batch, channels, height, width
+        d = torch.randint(-max_shift, max_shift + 1, (N, 2)).to(X.device, X.dtype)
+        theta = torch.zeros(N, 2, 3, device=X.device, dtype=X.dtype)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+        # affine_grid works in [-1, 1] coordinates: one pixel is 2 / width
+        theta[:, 0, 2], theta[:, 1, 2] = 2 * d[:, 0] / W, 2 * d[:, 1] / H
+        grid = F.affine_grid(theta, list(X.shape), align_corners=False)
+        return F.grid_sample(X, grid, mode="nearest", padding_mode="border", align_corners=False)
+
+    return shift
 
 
 @dataclass(frozen=True)

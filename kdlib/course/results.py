@@ -37,7 +37,7 @@ from torch import nn
 
 from .. import quant
 from ..data import Dataset, load
-from ..distill import distill, random_shift
+from ..distill import distill
 from ..features import BETA_DEFAULTS, distill_features
 from ..metrics import (
     accuracy,
@@ -59,7 +59,7 @@ from ..prune import (
     structured_prune,
 )
 from ..train import History, evaluate, fit, predict
-from .recipes import RECIPES, train_preset, trained_teacher
+from .recipes import RECIPES, random_shift, train_preset, trained_teacher
 from .sweeps import sparsity_sweep
 
 __all__ = [
