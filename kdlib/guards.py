@@ -1,9 +1,6 @@
-"""Small guards that catch the classic distillation and pruning mistakes at run time.
-
-Each raises with a message that names the mistake and the fix: probabilities where logits
-belong (:func:`assert_logits`), a changed teacher (:func:`fingerprint`,
-:func:`assert_unchanged`), an untrained teacher (:func:`assert_trained`), a student that is or
-shares the teacher (:func:`assert_distinct`) or is not smaller (:func:`assert_smaller`).
+"""Run-time guards against classic distillation mistakes, each naming the fix: probabilities for
+logits, a changed or untrained teacher, a student that is, shares or is not smaller than the
+teacher.
 """
 
 from __future__ import annotations
@@ -28,16 +25,15 @@ def looks_like_probabilities(x: torch.Tensor, atol: float = 1e-4) -> bool:
     if x.ndim != 2 or x.numel() == 0:
         return False
     x = x.detach()
-    ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-    return bool((x >= 0).all()) and torch.allclose(x.sum(1), ones, atol=atol)
+    return bool((x >= 0).all()) and torch.allclose(x.sum(1), torch.ones_like(x[:, 0]), atol=atol)
 
 
 def assert_logits(x: torch.Tensor, name: str = "logits") -> torch.Tensor:
     """Return ``x`` if it can be logits; raise if its rows look like softmax probabilities."""
     if looks_like_probabilities(x):
         raise ValueError(
-            f"{name} look like probabilities (every row is ≥ 0 and sums to 1). Pass raw "
-            "logits: F.cross_entropy and the distillation losses apply softmax themselves"
+            f"{name} look like probabilities (rows ≥ 0 summing to 1): pass raw logits, the "
+            "losses apply softmax themselves"
         )
     return x
 
@@ -54,43 +50,42 @@ class Fingerprint:
 
 def fingerprint(model: nn.Module) -> Fingerprint:
     """Snapshot ``model`` so that :func:`assert_unchanged` can prove nothing changed."""
+    params = dict(model.named_parameters())
     return Fingerprint(
         state={k: v.detach().clone() for k, v in model.state_dict().items()},
         training={name: m.training for name, m in model.named_modules()},
-        requires_grad={n: p.requires_grad for n, p in model.named_parameters()},
-        grads={
-            n: None if p.grad is None else p.grad.detach().clone()
-            for n, p in model.named_parameters()
-        },
+        requires_grad={n: p.requires_grad for n, p in params.items()},
+        grads={n: None if p.grad is None else p.grad.detach().clone() for n, p in params.items()},
     )
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
 
 
 def assert_unchanged(model: nn.Module, before: Fingerprint, name: str = "teacher") -> None:
     """Raise ``AssertionError`` naming what changed since ``before``: tensors, train/eval modes,
     ``requires_grad`` flags, or gradients received.
     """
-    problems = []
-    now = model.state_dict()
+    now, params = model.state_dict(), dict(model.named_parameters())
     changed = [k for k, v in before.state.items() if not torch.equal(v, now[k].detach())]
-    if changed:
-        problems.append(
-            f"tensors changed: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}"
-        )
     modes = {n: m.training for n, m in model.named_modules()}
-    if modes != before.training:
-        flipped = [n or "(root)" for n in modes if modes[n] != before.training.get(n)]
-        problems.append(f"train/eval mode changed for: {', '.join(flipped[:5])}")
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    if flags != before.requires_grad:
-        problems.append("requires_grad flags changed")
+    flipped = [n or "(root)" for n in modes if modes[n] != before.training.get(n)]
+    old = before.grads
     grads = [
         n
-        for n, p in model.named_parameters()
-        if p.grad is not None
-        and (before.grads.get(n) is None or not torch.equal(p.grad, before.grads[n]))
+        for n, p in params.items()
+        if p.grad is not None and (old.get(n) is None or not torch.equal(p.grad, old[n]))
     ]
+    problems = []
+    if changed:
+        problems.append(f"tensors changed: {_few(changed)}")
+    if modes != before.training:
+        problems.append(f"train/eval mode changed for: {_few(flipped)}")
+    if {n: p.requires_grad for n, p in params.items()} != before.requires_grad:
+        problems.append("requires_grad flags changed")
     if grads:
-        problems.append(f"parameters received gradients: {', '.join(grads[:5])}")
+        problems.append(f"parameters received gradients: {_few(grads)}")
     if problems:
         raise AssertionError(f"the {name} was modified: " + "; ".join(problems))
 
@@ -101,36 +96,27 @@ def assert_trained(teacher: nn.Module, data: Dataset, min_accuracy: float | None
     acc = evaluate(teacher, data)["accuracy"]
     if acc < threshold:
         raise ValueError(
-            f"the teacher's test accuracy is {acc:.1%} (chance is {1 / data.num_classes:.0%}): "
-            "train the teacher first, then freeze it; a teacher trained jointly with its "
-            "student from scratch has no knowledge to transfer"
+            f"the teacher's test accuracy is {acc:.1%} (chance {1 / data.num_classes:.0%}): "
+            "train the teacher first, then freeze it and distil"
         )
     return acc
 
 
 def assert_distinct(student: nn.Module, teacher: nn.Module) -> None:
-    """Raise if ``student`` is the ``teacher`` object or shares a parameter (same memory) with it:
-    training it would train the teacher.
-    """
+    """Raise if ``student`` is the ``teacher`` object or shares a parameter's memory with it."""
     if student is teacher:
         raise ValueError(
-            "the student is the teacher object itself (one model under two names): training "
-            "it trains the teacher, and nothing is compressed; build a separate, smaller "
-            "student, e.g. kdlib.model('cnn-thin')"
+            "the student is the teacher object itself: training it trains the teacher; build "
+            "a separate, smaller student, e.g. kdlib.model('cnn-thin')"
         )
-    memory = {p.untyped_storage().data_ptr(): n for n, p in teacher.named_parameters()}
-    shared = [
-        (n, memory[p.untyped_storage().data_ptr()])
-        for n, p in student.named_parameters()
-        if p.untyped_storage().data_ptr() in memory
-    ]
+    owner = {p.untyped_storage().data_ptr(): n for n, p in teacher.named_parameters()}
+    at = {n: p.untyped_storage().data_ptr() for n, p in student.named_parameters()}
+    shared = [f"{n} = teacher's {owner[a]}" for n, a in at.items() if a in owner]
     if shared:
-        pairs = ", ".join(f"{s} = teacher's {t}" for s, t in shared[:3])
         raise ValueError(
-            f"the student shares {len(shared)} parameter tensor(s) with the teacher ({pairs}"
-            f"{', ...' if len(shared) > 3 else ''}): every student update changes the "
-            "teacher too; copy what the student inherits (copy.deepcopy) instead of reusing "
-            "the teacher's modules"
+            f"the student shares {len(shared)} parameter tensor(s) with the teacher "
+            f"({', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''}): training it "
+            "changes the teacher; copy what it inherits with copy.deepcopy"
         )
 
 
@@ -140,7 +126,7 @@ def assert_smaller(student: nn.Module, teacher: nn.Module) -> float:
     n_s, n_t = count_params(student), count_params(teacher)
     if n_s >= n_t:
         raise ValueError(
-            f"the student has {n_s:,} parameters and the teacher {n_t:,}: a student built "
-            "from the teacher's own architecture compresses nothing; give it fewer units or layers"
+            f"the student has {n_s:,} parameters and the teacher {n_t:,}: that compresses "
+            "nothing; give the student fewer units or layers"
         )
     return n_t / n_s

@@ -1,19 +1,15 @@
 """Every distillation loss of the course, as a function; a module only where it holds state.
 
-Logit losses (Ba & Caruana 2014; Hinton et al. 2015): MSE logit matching, the soft-target KL
-with temperature, its cross-entropy twin, and the combined hard + soft losses. Feature losses:
-FitNets hints, attention transfer, cosine matching; :class:`HintLoss` and
-:class:`CosineFeatureLoss` own their regressor. Argument order is always ``student_logits,
-teacher_logits`` (then labels). Every function checks its inputs and names the problem: a
-non-positive ``T``, an ``alpha`` outside [0, 1], integer or empty logits, shapes that differ,
-NaN/inf (with the rows) and labels out of range.
+Logit losses (Ba & Caruana 2014; Hinton et al. 2015) take ``student_logits, teacher_logits``
+(then labels); feature losses (FitNets hints, attention transfer, cosine) take ``f_s, f_t``.
+Each checks its inputs and names the problem (bad ``T`` or ``alpha``, shapes, NaN/inf, labels).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from . import validate as V
 
@@ -23,9 +19,11 @@ __all__ = [
     "CosineFeatureLoss"
 ]  # fmt: skip
 
+_MEAN, _BATCHMEAN = ("mean", "sum", "none"), ("batchmean", "sum", "none")
 
-def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None) -> None:
-    for name, z in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+
+def _check_logits(s: Tensor, t: Tensor | None) -> None:
+    for name, z in (("student_logits", s), ("teacher_logits", t)):
         if z is None:
             continue
         V.tensor(name, z, floating=True)
@@ -36,58 +34,48 @@ def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor | N
         finite = torch.isfinite(z)
         if not bool(finite.all()):
             rows = torch.nonzero(~finite.all(dim=1)).flatten().tolist()
-            shown = rows[:5] + (["..."] if len(rows) > 5 else [])
             raise ValueError(
-                f"{name} contains NaN or inf in {len(rows)} row(s) of the batch, at batch "
-                f"index {shown}; check the model's inputs and learning rate"
+                f"{name} contains NaN or inf in {len(rows)} row(s), at batch index "
+                f"{rows[:5] + (['...'] if len(rows) > 5 else [])}; check the inputs and lr"
             )
-    if teacher_logits is not None and student_logits.shape != teacher_logits.shape:
-        what = (
-            "class counts" if student_logits.shape[1] != teacher_logits.shape[1] else "batch sizes"
-        )
+    if t is not None and s.shape != t.shape:
+        what = "class counts" if s.shape[1] != t.shape[1] else "batch sizes"
         raise ValueError(
-            f"student and teacher logits differ in shape ({what}): student "
-            f"{tuple(student_logits.shape)} vs teacher {tuple(teacher_logits.shape)}"
+            f"student and teacher logits differ in shape ({what}): student {tuple(s.shape)} "
+            f"vs teacher {tuple(t.shape)}"
         )
 
 
-def _check_labels(y: torch.Tensor, student_logits: torch.Tensor) -> None:
-    if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32):
+def _check_labels(y: Tensor, student_logits: Tensor) -> None:
+    if not isinstance(y, Tensor) or y.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"labels y must be an integer tensor of class indices, got {y!r:.60}")
     n, c = student_logits.shape
     if y.shape != (n,):
         raise ValueError(f"labels y must have shape ({n},), got {tuple(y.shape)}")
     if n and (int(y.min()) < 0 or int(y.max()) >= c):
         raise ValueError(
-            f"labels out of range: found values in [{int(y.min())}, {int(y.max())}] but the "
-            f"logits have {c} classes, so labels must be in [0, {c - 1}]"
+            f"labels out of range: found values in [{int(y.min())}, {int(y.max())}], but with "
+            f"{c} classes labels must be in [0, {c - 1}]"
         )
 
 
-def _reduce(per_sample: torch.Tensor, reduction: str, allowed: tuple[str, ...]) -> torch.Tensor:
+def _reduce(per_sample: Tensor, reduction: str, allowed: tuple[str, ...]) -> Tensor:
     if reduction not in allowed:
         hint = ""
         if reduction == "mean" and "batchmean" in allowed:
-            hint = (
-                "; 'mean' would also average over classes (PyTorch's kl_div pitfall), which "
-                "divides the loss by C: use 'batchmean'"
-            )
+            hint = "; 'mean' would also average over classes (kl_div's pitfall): use 'batchmean'"
         raise ValueError(f"reduction must be one of {allowed}, got {reduction!r}{hint}")
     if reduction == "none":
         return per_sample
-    if reduction == "sum":
-        return per_sample.sum()
-    return per_sample.mean()
+    return per_sample.sum() if reduction == "sum" else per_sample.mean()
 
 
 def _T(T) -> float:
     return V.number("temperature T", T, 0, open_low=True)
 
 
-# ============================================================================================
-# Logit losses: MSE logit matching, soft targets with temperature, combined hard + soft
-# ============================================================================================
-def soften(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+# ---- Logit losses: MSE logit matching, soft targets with temperature, combined hard + soft
+def soften(logits: Tensor, T: float = 1.0) -> Tensor:
     r"""Softened class probabilities :math:`p(T) = \mathrm{softmax}(z / T)` along the last dim.
 
     Shape:
@@ -102,25 +90,20 @@ def soften(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
     return torch.softmax(logits / T, dim=-1)
 
 
-def mse_logits(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, reduction: str = "mean"
-) -> torch.Tensor:
+def mse_logits(student_logits: Tensor, teacher_logits: Tensor, reduction: str = "mean") -> Tensor:
     r"""MSE logit matching (Ba & Caruana 2014): regress the student's logits on the teacher's.
 
     .. math::
         \ell_n = \frac{1}{C} \sum_{c=1}^{C} (z^s_{n,c} - z^t_{n,c})^2
 
-    On *logits*, not probabilities: a constant offset gives the same softmax but a nonzero loss.
-    With ``reduction="mean"`` it equals ``F.mse_loss(student_logits, teacher_logits)``.
+    On logits, not probabilities: a constant offset gives the same softmax but a nonzero loss.
 
     Args:
-        student_logits: the student's raw outputs (gradients flow through them).
-        teacher_logits: the teacher's raw outputs (constants: pass them detached).
-        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        student_logits, teacher_logits: raw outputs (pass the teacher's detached).
+        reduction: ``"mean"`` (default, equal to ``F.mse_loss``), ``"sum"`` or ``"none"``.
 
     Shape:
-        student_logits, teacher_logits: ``(N, C)`` floating point; output: scalar, or ``(N,)``
-        with ``reduction="none"``.
+        logits: ``(N, C)`` floating point; output: scalar, or ``(N,)`` with ``"none"``.
 
     Example:
         >>> mse_logits(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]]))
@@ -128,34 +111,28 @@ def mse_logits(
     """
     _check_logits(student_logits, teacher_logits)
     per_sample = (student_logits - teacher_logits).pow(2).mean(dim=1)
-    return _reduce(per_sample, reduction, ("mean", "sum", "none"))
+    return _reduce(per_sample, reduction, _MEAN)
 
 
 def soft_target_kl(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    T: float = 4.0,
-    reduction: str = "batchmean",
-) -> torch.Tensor:
+    student_logits: Tensor, teacher_logits: Tensor, T: float = 4.0, reduction: str = "batchmean"
+) -> Tensor:
     r"""Soft-target loss (Hinton et al. 2015): :math:`T^2 \cdot KL(p_t(T) \,\|\, p_s(T))`.
 
     .. math::
         \ell_n = T^2 \sum_{c} p^t_{n,c}(T) \left(\log p^t_{n,c}(T) - \log p^s_{n,c}(T)\right)
 
-    computed from ``log_softmax``, so it stays finite for logits of any size. The :math:`T^2`
-    cancels the :math:`1/T^2` that softening puts into the gradient. ``"batchmean"`` equals
-    ``F.kl_div(log p_s, log p_t, reduction="batchmean", log_target=True) * T**2``.
+    from ``log_softmax``, so finite for logits of any size. :math:`T^2` cancels the
+    :math:`1/T^2` that softening puts into the gradient.
 
     Args:
-        student_logits: the student's raw outputs.
-        teacher_logits: the teacher's raw outputs (constants: pass them detached).
+        student_logits, teacher_logits: raw outputs (pass the teacher's detached).
         T: temperature > 0.
-        reduction: ``"batchmean"`` (default), ``"sum"`` or ``"none"``; ``"mean"`` is refused (in
-            PyTorch's ``kl_div`` it also divides by the number of classes).
+        reduction: ``"batchmean"`` (default, ``F.kl_div(..., log_target=True) * T**2``),
+            ``"sum"`` or ``"none"``; ``"mean"`` is refused (``kl_div`` also divides it by C).
 
     Shape:
-        student_logits, teacher_logits: ``(N, C)`` floating point, ``N > 0``; output: scalar, or
-        ``(N,)`` with ``reduction="none"``.
+        logits: ``(N, C)`` floating point, ``N > 0``; output: scalar, or ``(N,)`` with ``"none"``.
 
     Example:
         >>> s, t = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
@@ -168,19 +145,16 @@ def soft_target_kl(
     log_p_t = F.log_softmax(teacher_logits / T, dim=1)
     # exp(log p_t) is exactly 0 where p_t underflows, so 0 · (finite) keeps rows finite.
     per_sample = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1) * T**2
-    return _reduce(per_sample, reduction, ("batchmean", "sum", "none"))
+    return _reduce(per_sample, reduction, _BATCHMEAN)
 
 
 def soft_target_ce(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    T: float = 4.0,
-    reduction: str = "batchmean",
-) -> torch.Tensor:
+    student_logits: Tensor, teacher_logits: Tensor, T: float = 4.0, reduction: str = "batchmean"
+) -> Tensor:
     r"""Soft-target cross-entropy :math:`-T^2 \sum_c p^t_c(T) \log p^s_c(T)`.
 
-    It is :func:`soft_target_kl` plus :math:`T^2 H(p^t)`, the teacher's entropy, which does not
-    depend on the student: same gradient, but the KL form reads 0 at a perfect match.
+    :func:`soft_target_kl` plus the teacher's entropy :math:`T^2 H(p^t)`: the same gradient,
+    but only the KL form reads 0 at a perfect match.
 
     Args:
         student_logits, teacher_logits, T, reduction: as in :func:`soft_target_kl`.
@@ -198,18 +172,18 @@ def soft_target_ce(
     log_p_s = F.log_softmax(student_logits / T, dim=1)
     p_t = F.softmax(teacher_logits / T, dim=1)
     per_sample = -(p_t * log_p_s).sum(dim=1) * T**2
-    return _reduce(per_sample, reduction, ("batchmean", "sum", "none"))
+    return _reduce(per_sample, reduction, _BATCHMEAN)
 
 
 def kd_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    y: torch.Tensor,
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    y: Tensor,
     T: float = 4.0,
     alpha: float = 0.9,
     reduction: str = "mean",
     soft: str = "kl",
-) -> torch.Tensor:
+) -> Tensor:
     r"""Hinton et al.'s combined loss :math:`\alpha\,\text{soft} + (1-\alpha)\,CE(z_s, y)`.
 
     .. math::
@@ -238,22 +212,21 @@ def kd_loss(
     soft_fn = soft_target_kl if soft == "kl" else soft_target_ce
     per_sample = alpha * soft_fn(student_logits, teacher_logits, T, reduction="none")
     per_sample = per_sample + (1 - alpha) * F.cross_entropy(student_logits, y, reduction="none")
-    return _reduce(per_sample, reduction, ("mean", "sum", "none"))
+    return _reduce(per_sample, reduction, _MEAN)
 
 
 def mse_kd_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    y: torch.Tensor,
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    y: Tensor,
     lam: float = 1.0,
     reduction: str = "mean",
-) -> torch.Tensor:
+) -> Tensor:
     r"""Labels plus logit matching: :math:`CE(z_s, y) + \lambda \cdot` :func:`mse_logits`.
 
     Args:
-        student_logits, teacher_logits, y: as in :func:`kd_loss`.
+        student_logits, teacher_logits, y, reduction: as in :func:`kd_loss`.
         lam: weight :math:`\lambda \ge 0` of the matching term.
-        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
 
     Shape:
         as in :func:`kd_loss`.
@@ -267,22 +240,16 @@ def mse_kd_loss(
     _check_labels(y, student_logits)
     per_sample = lam * mse_logits(student_logits, teacher_logits, reduction="none")
     per_sample = per_sample + F.cross_entropy(student_logits, y, reduction="none")
-    return _reduce(per_sample, reduction, ("mean", "sum", "none"))
+    return _reduce(per_sample, reduction, _MEAN)
 
 
-# ============================================================================================
-# Feature losses: FitNets hints, attention transfer, cosine
-# ============================================================================================
-
-
+# ---- Feature losses: FitNets hints, attention transfer, cosine
 def _check_feature(name: str, f, maps: bool = False) -> None:
     V.tensor(name, f, floating=True)
     if maps and f.ndim != 4:
-        kind = "a vector batch (N, D)" if f.ndim == 2 else f"of shape {tuple(f.shape)}"
         raise ValueError(
-            f"attention transfer needs feature maps (N, C, H, W), but {name} is {kind}; "
-            "pair convolutional layers (e.g. 'stage2'), or use the hint or cosine loss for "
-            "vectors"
+            f"attention transfer needs feature maps (N, C, H, W), but {name} has shape "
+            f"{tuple(f.shape)}; pair conv layers, or use the hint or cosine loss for vectors"
         )
     if f.ndim < 2 or len(f) == 0:
         raise ValueError(f"{name} must be a non-empty batch (N, ...), got {tuple(f.shape)}")
@@ -297,23 +264,19 @@ def _check_features(f_s, f_t, maps: bool = False) -> None:
         raise ValueError(f"f_s and f_t have different batch sizes: {len(f_s)} vs {len(f_t)}")
 
 
-def _regress(f_s: torch.Tensor, f_t: torch.Tensor, regressor) -> torch.Tensor:
+def _regress(f_s: Tensor, f_t: Tensor, regressor) -> Tensor:
     r = regressor(f_s) if regressor is not None else f_s
     if r.shape != f_t.shape:
-        made = "after the regressor " if regressor is not None else ""
         raise ValueError(
-            f"student features {made}have shape {tuple(r.shape)} but the teacher's have "
-            f"{tuple(f_t.shape)}; map them with regressor=kdlib.projector(f_s.shape, f_t.shape)"
+            f"student features (after any regressor) have shape {tuple(r.shape)} but the "
+            f"teacher's {tuple(f_t.shape)}; use regressor=kdlib.projector(f_s.shape, f_t.shape)"
         )
     return r
 
 
 def hint_loss(
-    f_s: torch.Tensor,
-    f_t: torch.Tensor,
-    regressor: nn.Module | None = None,
-    reduction: str = "mean",
-) -> torch.Tensor:
+    f_s: Tensor, f_t: Tensor, regressor: nn.Module | None = None, reduction: str = "mean"
+) -> Tensor:
     r"""FitNets hint loss (Romero et al. 2015): MSE of the regressed student feature.
 
     .. math::
@@ -323,8 +286,7 @@ def hint_loss(
     :math:`\tfrac12 \|u_t - r(v_s)\|^2` divided by :math:`D/2`, a constant the weight absorbs.
 
     Args:
-        f_s: the student's feature (gradients flow through it).
-        f_t: the teacher's feature (a constant: pass it detached).
+        f_s, f_t: student and teacher features (pass the teacher's detached).
         regressor: the learned map :math:`r` (see :func:`kdlib.features.projector`), or ``None``.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
 
@@ -338,10 +300,10 @@ def hint_loss(
     _check_features(f_s, f_t)
     r = _regress(f_s, f_t, regressor)
     per_sample = (r - f_t).pow(2).flatten(1).mean(dim=1)
-    return _reduce(per_sample, reduction, ("mean", "sum", "none"))
+    return _reduce(per_sample, reduction, _MEAN)
 
 
-def attention_map(f: torch.Tensor, p: float = 2) -> torch.Tensor:
+def attention_map(f: Tensor, p: float = 2) -> Tensor:
     r"""Spatial attention map (Zagoruyko & Komodakis 2017): where a layer's activations are.
 
     .. math::
@@ -360,8 +322,8 @@ def attention_map(f: torch.Tensor, p: float = 2) -> torch.Tensor:
 
 
 def attention_transfer_loss(
-    f_s: torch.Tensor, f_t: torch.Tensor, p: float = 2, reduction: str = "mean"
-) -> torch.Tensor:
+    f_s: Tensor, f_t: Tensor, p: float = 2, reduction: str = "mean"
+) -> Tensor:
     r"""Attention transfer (Zagoruyko & Komodakis 2017): :math:`\|a(f^s_n) - a(f^t_n)\|_2^2`.
 
     Channel counts may differ (the map averages them away); height and width must agree.
@@ -382,20 +344,16 @@ def attention_transfer_loss(
     _check_features(f_s, f_t, maps=True)
     if f_s.shape[2:] != f_t.shape[2:]:
         raise ValueError(
-            f"attention maps need the same height and width, got student "
-            f"{tuple(f_s.shape[2:])} and teacher {tuple(f_t.shape[2:])}; pair layers at the "
-            "same resolution"
+            f"attention maps need the same height and width, got student {tuple(f_s.shape[2:])}"
+            f" and teacher {tuple(f_t.shape[2:])}; pair layers at the same resolution"
         )
     per_sample = (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).sum(dim=1)
-    return _reduce(per_sample, reduction, ("mean", "sum", "none"))
+    return _reduce(per_sample, reduction, _MEAN)
 
 
 def cosine_feature_loss(
-    f_s: torch.Tensor,
-    f_t: torch.Tensor,
-    regressor: nn.Module | None = None,
-    reduction: str = "mean",
-) -> torch.Tensor:
+    f_s: Tensor, f_t: Tensor, regressor: nn.Module | None = None, reduction: str = "mean"
+) -> Tensor:
     r"""Cosine feature loss :math:`\ell_n = 1 - \cos(r(f^s_n), f^t_n)`, each feature flattened.
 
     0 for parallel features, 2 for opposite ones; scaling a feature changes nothing.
@@ -414,7 +372,7 @@ def cosine_feature_loss(
     _check_features(f_s, f_t)
     r = _regress(f_s, f_t, regressor)
     per_sample = 1 - F.cosine_similarity(r.flatten(1), f_t.flatten(1), dim=1)
-    return _reduce(per_sample, reduction, ("mean", "sum", "none"))
+    return _reduce(per_sample, reduction, _MEAN)
 
 
 class HintLoss(nn.Module):

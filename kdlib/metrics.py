@@ -1,13 +1,13 @@
 """What a compressed model costs, and how close it stays to its teacher.
 
-Quality: :func:`accuracy`, :func:`agreement` (top-1), :func:`mean_kl`. Cost:
-:func:`count_params`, :func:`size_bytes` (dense or CSR), :func:`latency` (median of timed runs,
-``torch.utils.benchmark``), :func:`compare_latency` and :func:`macs` (``FlopCounterMode``).
+Quality: :func:`accuracy`, :func:`agreement` (top-1), :func:`mean_kl`. Cost: :func:`count_params`,
+:func:`size_bytes` (dense or CSR), :func:`latency`, :func:`compare_latency`, :func:`macs`.
 :func:`pareto_front` keeps the rows no other row beats on both size and accuracy.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -33,6 +33,15 @@ def _logits(model_or_logits, X: torch.Tensor | None) -> torch.Tensor:
     return model_or_logits
 
 
+def _pair(student, teacher, X: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student and teacher logits, both on the student's device."""
+    s = _logits(student, X)
+    t = _logits(teacher, X).to(s.device)
+    if s.shape != t.shape:
+        raise ValueError(f"student and teacher logits differ in shape: {s.shape} vs {t.shape}")
+    return s, t
+
+
 def accuracy(model_or_logits, X_or_y: torch.Tensor, y: torch.Tensor | None = None) -> float:
     """Share of correct top-1 predictions: ``accuracy(logits, y)`` or ``accuracy(model, X, y)``."""
     if y is None:
@@ -46,27 +55,20 @@ def accuracy(model_or_logits, X_or_y: torch.Tensor, y: torch.Tensor | None = Non
 
 def agreement(student, teacher, X: torch.Tensor | None = None) -> float:
     """Share of inputs where student and teacher predict the same class (top-1)."""
-    s, t = _logits(student, X), _logits(teacher, X)
-    if s.shape != t.shape:
-        raise ValueError(f"student and teacher logits differ in shape: {s.shape} vs {t.shape}")
-    return float((s.argmax(1) == t.argmax(1).to(s.device)).float().mean())
+    s, t = _pair(student, teacher, X)
+    return float((s.argmax(1) == t.argmax(1)).float().mean())
 
 
 def mean_kl(student, teacher, X: torch.Tensor | None = None, T: float = 1.0) -> float:
     """Mean over inputs of ``KL(p_teacher(T) ‖ p_student(T))`` in nats (no T² factor)."""
     V.number("temperature T", T, 0, open_low=True)
-    s = _logits(student, X)
-    t = _logits(teacher, X).to(s.device)
-    if s.shape != t.shape:
-        raise ValueError(f"student and teacher logits differ in shape: {s.shape} vs {t.shape}")
-    log_p_s = F.log_softmax(s / T, dim=1)
-    log_p_t = F.log_softmax(t / T, dim=1)
+    s, t = _pair(student, teacher, X)
+    log_p_s, log_p_t = F.log_softmax(s / T, dim=1), F.log_softmax(t / T, dim=1)
     return float(F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True))
 
 
 def _effective_tensors(model: nn.Module):
-    """``(name, tensor)`` for each parameter as the model computes with it: a pruned layer's
-    ``weight`` (``weight_orig * weight_mask``), not ``weight_orig``."""
+    """``(name, tensor)`` per parameter as used: a pruned ``weight``, not ``weight_orig``."""
     for mod_name, mod in model.named_modules():
         for n, p in mod.named_parameters(recurse=False):
             if n.endswith("_orig"):
@@ -77,10 +79,8 @@ def _effective_tensors(model: nn.Module):
 
 def count_params(model: nn.Module, nonzero: bool = False) -> int:
     """Number of parameters (effective weights for pruned models); ``nonzero`` counts ≠ 0."""
-    tensors = (t for _, t in _effective_tensors(model))
-    if nonzero:
-        return int(sum(int(torch.count_nonzero(t)) for t in tensors))
-    return int(sum(t.numel() for t in tensors))
+    tensors = [t for _, t in _effective_tensors(model)]
+    return int(sum(int(torch.count_nonzero(t)) if nonzero else t.numel() for t in tensors))
 
 
 def size_bytes(model: nn.Module, sparse: bool = False, index_bytes: int = 4) -> int:
@@ -91,21 +91,17 @@ def size_bytes(model: nn.Module, sparse: bool = False, index_bytes: int = 4) -> 
     """
     total = 0
     for _, t in _effective_tensors(model):
-        item = t.element_size()
         if sparse and t.ndim >= 2:
-            rows = t.shape[0]
             nnz = int(torch.count_nonzero(t))
-            total += nnz * (item + index_bytes) + (rows + 1) * index_bytes
+            total += nnz * (t.element_size() + index_bytes) + (t.shape[0] + 1) * index_bytes
         else:
-            total += t.numel() * item
+            total += t.numel() * t.element_size()
     return int(total)
 
 
 def input_shape_of(model: nn.Module) -> tuple[int, ...]:
-    """The shape of one example ``model`` takes, as far as the model tells.
-
-    A :func:`kdlib.cnn` records its ``input_shape``; a model whose first weight layer is Linear
-    takes ``(in_features,)``. Anything else raises: pass ``input_shape=data.input_shape``.
+    """The shape of one example ``model`` takes: a :func:`kdlib.cnn`'s recorded ``input_shape``,
+    or ``(in_features,)`` when the first weight layer is Linear; else ``ValueError``.
     """
     recorded = getattr(model, "input_shape", None)
     if recorded is not None:
@@ -116,30 +112,28 @@ def input_shape_of(model: nn.Module) -> tuple[int, ...]:
         if isinstance(m, nn.modules.conv._ConvNd | nn.RNNBase | nn.Embedding):
             break
     raise ValueError(
-        f"cannot tell the input shape of this {type(model).__name__}: it does not record one "
-        "and does not start with nn.Linear; pass input_shape=(C, H, W), e.g. data.input_shape"
+        f"cannot tell the input shape of this {type(model).__name__}; pass input_shape=(C, H, W), "
+        "e.g. data.input_shape"
     )
 
 
-def _example_input(model: nn.Module, input_shape: Sequence[int] | None, batch_size: int):
+def _example(model: nn.Module, input_shape: Sequence[int] | None, batch_size: int):
+    """A random batch of ``input_shape`` examples, run once through ``model`` as a check."""
     if input_shape is None:
         shape = input_shape_of(model)
     elif isinstance(input_shape, torch.Tensor) or not isinstance(input_shape, Sequence):
         raise TypeError(f"input_shape must be a shape such as (1, 28, 28), got {input_shape!r}")
     else:
         shape = tuple(V.integer("input_shape entries", d) for d in input_shape)
-    return torch.randn(batch_size, *shape, device=V.device_of(model, torch.device("cpu")))
-
-
-def _forward(model: nn.Module, x: torch.Tensor):
-    """``model(x)``; an input of the wrong shape is reported as a wrong ``input_shape``."""
+    x = torch.randn(batch_size, *shape, device=V.device_of(model, torch.device("cpu")))
     try:
-        return model(x)
+        model(x)
     except (RuntimeError, ValueError) as e:
         raise ValueError(
-            f"the model cannot take examples of input_shape={tuple(x.shape[1:])} (give the "
-            f"shape of one example, without the batch dimension): {e}"
+            f"the model cannot take examples of input_shape={shape} (one example's shape, "
+            f"without the batch dimension): {e}"
         ) from e
+    return x
 
 
 def latency(
@@ -150,23 +144,19 @@ def latency(
     min_run_time: float = 0.3,
     num_threads: int | None = None,
 ) -> float:
-    """Median seconds of one forward pass at ``batch_size`` (eval mode, no autograd).
+    """Median seconds of one forward pass at ``batch_size`` (eval mode, no autograd), timed by
+    ``torch.utils.benchmark.Timer.blocked_autorange`` for at least ``min_run_time``.
 
-    ``Timer.blocked_autorange`` warms up, then times blocks for at least ``min_run_time``.
-    Compare models by ratios measured in one process. ``input_shape`` is one example's shape
-    (default :func:`input_shape_of`); a shape the model cannot take is named in the error.
+    Compare models by ratios measured in one process. ``input_shape``: one example's shape
+    (default :func:`input_shape_of`).
     """
     from torch.utils.benchmark import Timer
 
-    x = _example_input(model, input_shape, batch_size)
     with torch.no_grad(), V.eval_mode(model):
-        _forward(model, x)  # warm-up outside the timer too (first-call allocations)
+        x = _example(model, input_shape, batch_size)  # also a warm-up (first-call allocations)
         threads = num_threads or torch.get_num_threads()
-        timer = Timer(
-            "model(x)", "import torch", globals={"model": model, "x": x}, num_threads=threads
-        )
-        m = timer.blocked_autorange(min_run_time=min_run_time)
-    return float(m.median)
+        timer = Timer("model(x)", globals={"model": model, "x": x}, num_threads=threads)
+        return float(timer.blocked_autorange(min_run_time=min_run_time).median)
 
 
 def compare_latency(
@@ -177,17 +167,15 @@ def compare_latency(
     rounds: int = 5,
     min_run_time: float = 0.1,
 ) -> dict[str, float]:
-    """Median :func:`latency` of several models measured in turns (A, B, C, A, B, C, ...),
-    so machine noise falls on all alike. Returns ``{name: seconds}``."""
+    """Median :func:`latency` of several models timed in turns (A, B, C, A, B, C, ...), so
+    machine noise falls on all alike. Returns ``{name: seconds}``."""
     if not models:
         raise ValueError("compare_latency needs at least one model")
-    if not isinstance(rounds, int) or rounds <= 0:
-        raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+    V.integer("rounds", rounds)
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
-            t = latency(model, input_shape, batch_size, min_run_time=min_run_time)
-            times[name].append(t)
+            times[name].append(latency(model, input_shape, batch_size, min_run_time=min_run_time))
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -199,9 +187,8 @@ def macs(model: nn.Module, input_shape: Sequence[int] | None = None) -> int:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = _example_input(model, input_shape, 1)
     with torch.no_grad(), V.eval_mode(model), FlopCounterMode(display=False) as counter:
-        _forward(model, x)
+        _example(model, input_shape, 1)
     return int(counter.get_total_flops() // 2)
 
 
@@ -234,20 +221,14 @@ def pareto_front(rows: Sequence[Mapping], x: str, y: str) -> list[Mapping]:
             if key not in row:
                 raise ValueError(f"rows[{i}] has no key {key!r}; it has {sorted(map(str, row))}")
             V.number(f"rows[{i}][{key!r}]", row[key])
-    # Sweep by increasing x: a row survives when it is the best of its x and beats every
-    # smaller one (equal to a smaller x's best is dominated: that one is as good and smaller).
-    order = sorted(range(len(rows)), key=lambda i: rows[i][x])
+    # Sweep by increasing x: the best rows of each x survive if they beat every smaller x
+    # (equal to a smaller x's best is dominated: that one is as good and smaller).
     front: list[Mapping] = []
     best_before = -math.inf
-    start = 0
-    while start < len(order):
-        stop = start
-        while stop < len(order) and rows[order[stop]][x] == rows[order[start]][x]:
-            stop += 1
-        group = [rows[i] for i in order[start:stop]]
+    for _, group in itertools.groupby(sorted(rows, key=lambda r: r[x]), key=lambda r: r[x]):
+        group = list(group)
         top = max(r[y] for r in group)
         if top > best_before:
             front += [r for r in group if r[y] == top]
             best_before = top
-        start = stop
     return front

@@ -1,12 +1,11 @@
-"""Teachers and students used by the course: plain ``nn.Sequential`` models with named
-children (``"fc1"``, ``"stage2"``) so lessons address layers by name.
-
-:func:`mlp` builds a perceptron from hidden widths, :func:`cnn` a small CNN in stages;
-:func:`model` builds a preset by name and :func:`presets` lists them.
+"""The course's teachers and students: ``nn.Sequential`` models with named children (``"fc1"``,
+``"stage2"``) so lessons address layers by name. :func:`mlp` and :func:`cnn` build them,
+:func:`model` builds a preset by name and :func:`presets` lists the presets.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -17,11 +16,7 @@ __all__ = ["mlp", "cnn", "model", "presets", "PRESETS"]
 
 
 def mlp(
-    in_features: int,
-    hidden: Sequence[int],
-    out_features: int,
-    *,
-    dropout: float = 0.0,
+    in_features: int, hidden: Sequence[int], out_features: int, *, dropout: float = 0.0
 ) -> nn.Sequential:
     """A multilayer perceptron: ``flatten, fc1, act1, [drop1,] ..., fcK`` (``fcK`` the output).
 
@@ -34,14 +29,12 @@ def mlp(
     """
     if in_features <= 0 or out_features <= 0 or any(w <= 0 for w in hidden):
         raise ValueError(
-            f"layer widths must be positive, got in={in_features}, hidden={list(hidden)}, "
-            f"out={out_features}"
+            f"layer widths must be positive, got {in_features}, {list(hidden)}, {out_features}"
         )
     layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
     width = in_features
     for i, w in enumerate(hidden, start=1):
-        layers[f"fc{i}"] = nn.Linear(width, w)
-        layers[f"act{i}"] = nn.ReLU()
+        layers[f"fc{i}"], layers[f"act{i}"] = nn.Linear(width, w), nn.ReLU()
         if dropout > 0:
             layers[f"drop{i}"] = nn.Dropout(dropout)
         width = w
@@ -70,22 +63,14 @@ def cnn(
     c, h, w = input_shape
     stages: OrderedDict[str, nn.Module] = OrderedDict()
     for k, out_c in enumerate(channels, start=1):
-        stages[f"stage{k}"] = nn.Sequential(
-            OrderedDict(
-                conv=nn.Conv2d(c, out_c, kernel_size=3, padding=1),
-                bn=nn.BatchNorm2d(out_c),
-                act=nn.ReLU(),
-                pool=nn.MaxPool2d(2),
-            )
-        )
+        conv, bn = nn.Conv2d(c, out_c, kernel_size=3, padding=1), nn.BatchNorm2d(out_c)
+        stage = OrderedDict(conv=conv, bn=bn, act=nn.ReLU(), pool=nn.MaxPool2d(2))
+        stages[f"stage{k}"] = nn.Sequential(stage)
         c, h, w = out_c, h // 2, w // 2
     head: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
     if hidden:
-        head["fc1"] = nn.Linear(c * h * w, hidden)
-        head["act1"] = nn.ReLU()
-        head["fc2"] = nn.Linear(hidden, num_classes)
-    else:
-        head["fc1"] = nn.Linear(c * h * w, num_classes)
+        head["fc1"], head["act1"] = nn.Linear(c * h * w, hidden), nn.ReLU()
+    head[f"fc{2 if hidden else 1}"] = nn.Linear(hidden or c * h * w, num_classes)
     stages["head"] = nn.Sequential(head)
     net = nn.Sequential(stages)
     net.input_shape = tuple(input_shape)  # read by kdlib.macs and kdlib.latency
@@ -101,8 +86,7 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
     "cnn-teacher": ("cnn", {"channels": (16, 32), "hidden": 64}, "the course's CNN teacher"),
     "cnn-student": ("cnn", {"channels": (8, 16)}, "a thin CNN student"),
     "cnn-thin": ("cnn", {"channels": (4, 8)}, "a very thin CNN student"),
-    # CIFAR-10 (3×32×32): a teacher sized for one GPU (1.4 M parameters, ~40 M MACs per
-    # image) and a student about 40× smaller.
+    # CIFAR-10: a teacher of 1.4 M parameters (~40 M MACs per image), a student 40× smaller.
     "cifar-teacher": (
         "cnn",
         {"channels": (64, 128, 256), "hidden": 256, "input_shape": (3, 32, 32)},
@@ -139,12 +123,9 @@ def model(
     kind, kwargs, _ = PRESETS[name]
     kwargs = dict(kwargs)
     preset_shape = kwargs.pop("input_shape", (1, 28, 28))
-    input_shape = preset_shape if input_shape is None else input_shape
+    shape = preset_shape if input_shape is None else input_shape
     if seed is not None:
         torch.manual_seed(seed)
     if kind == "mlp":
-        in_features = 1
-        for d in input_shape:
-            in_features *= d
-        return mlp(in_features, kwargs["hidden"], num_classes, dropout=kwargs.get("dropout", 0))
-    return cnn(num_classes=num_classes, input_shape=input_shape, **kwargs)
+        return mlp(math.prod(shape), out_features=num_classes, **kwargs)
+    return cnn(num_classes=num_classes, input_shape=shape, **kwargs)

@@ -1,10 +1,8 @@
 """Parameter distillation: a smaller student built from its teacher's own weights, then trained
 on the teacher's softened outputs until its parameters stop moving.
 
-:func:`inherit` fills a narrower or shallower MLP from an MLP teacher (:data:`STRATEGIES`);
-:func:`low_rank` factorises the teacher's Linear layers by truncated SVD;
-:func:`distill_params` trains on ``T²·KL(p_teacher ‖ p_student)`` and stops when the relative
-parameter change over an epoch falls below a tolerance.
+:func:`inherit` fills a narrower or shallower MLP from an MLP teacher; :func:`low_rank`
+factorises the teacher's Linear layers by truncated SVD; :func:`distill_params` trains.
 """
 
 from __future__ import annotations
@@ -46,10 +44,6 @@ def _linears(model: nn.Module, who: str) -> list[tuple[str, nn.Linear]]:
     return layers
 
 
-def _shape(layer: nn.Linear) -> str:
-    return f"{layer.in_features}→{layer.out_features}"
-
-
 def layer_map(n_student: int, n_teacher: int) -> list[int]:
     """Which teacher layer each student layer copies: first and last kept, the rest spread
     evenly (5 teacher and 3 student layers give ``[0, 2, 4]``).
@@ -64,7 +58,8 @@ def layer_map(n_student: int, n_teacher: int) -> list[int]:
     return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
 
 
-def _check_ends(ls, lt) -> None:
+def _check_shapes(ls, lt, strategy: str) -> None:
+    """Same input size and class count; for top-units also the same depth and no wider."""
     (s0, first_s), (t0, first_t) = ls[0], lt[0]
     if first_s.in_features != first_t.in_features:
         raise ValueError(
@@ -77,14 +72,13 @@ def _check_ends(ls, lt) -> None:
             f"student layer {s1!r} has {last_s.out_features} outputs but teacher layer {t1!r} "
             f"has {last_t.out_features}: no strategy can bridge different class counts"
         )
-
-
-def _check_same_depth_and_narrower(ls, lt, strategy: str) -> None:
+    if strategy != "top-units":
+        return
     if len(ls) != len(lt):
         raise ValueError(
-            f"{strategy!r} keeps the depth, but the student has {len(ls)} Linear layers "
-            f"({', '.join(n for n, _ in ls)}) and the teacher {len(lt)} "
-            f"({', '.join(n for n, _ in lt)}); use 'every-other-layer' for a deeper teacher"
+            f"'top-units' keeps the depth, but the student has {len(ls)} Linear layers "
+            f"({', '.join(n for n, _ in ls)}) and the teacher {len(lt)}; use "
+            "'every-other-layer' for a deeper teacher"
         )
     for (ns, s), (nt, t) in zip(ls[:-1], lt[:-1], strict=True):
         if s.out_features > t.out_features:
@@ -94,26 +88,6 @@ def _check_same_depth_and_narrower(ls, lt, strategy: str) -> None:
             )
 
 
-def _top_units(ls, lt) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer, the student's (weight, bias) as sub-blocks of the teacher's."""
-    keep_in = torch.arange(lt[0][1].in_features)
-    blocks = []
-    for i, ((_, s), (_, t)) in enumerate(zip(ls, lt, strict=True)):
-        W, b = t.weight, t.bias
-        if i < len(ls) - 1:
-            # A unit matters by how strongly it listens (incoming row) times how loudly it
-            # speaks (outgoing column); either norm alone would keep units the other side
-            # ignores.
-            w_in = W[:, keep_in].norm(dim=1)
-            w_out = lt[i + 1][1].weight.norm(dim=0)
-            keep_out = torch.topk(w_in * w_out, s.out_features).indices.sort().values
-        else:
-            keep_out = torch.arange(t.out_features)
-        blocks.append((W[keep_out][:, keep_in], None if b is None else b[keep_out]))
-        keep_in = keep_out
-    return blocks
-
-
 def _affine(layer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     b = layer.bias
     if b is None:
@@ -121,11 +95,28 @@ def _affine(layer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     return layer.weight, b
 
 
+def _top_units(ls, lt) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the student's (weight, bias) as sub-blocks of the teacher's."""
+    keep_in = torch.arange(lt[0][1].in_features)
+    blocks = []
+    for i, ((_, s), (_, t)) in enumerate(zip(ls, lt, strict=True)):
+        W, b = _affine(t)
+        if i < len(ls) - 1:
+            # A unit matters by how strongly it listens (incoming row) times how loudly it
+            # speaks (outgoing column); either norm alone keeps units the other side ignores.
+            score = W[:, keep_in].norm(dim=1) * lt[i + 1][1].weight.norm(dim=0)
+            keep_out = torch.topk(score, s.out_features).indices.sort().values
+        else:
+            keep_out = torch.arange(t.out_features)
+        blocks.append((W[keep_out][:, keep_in], b[keep_out]))
+        keep_in = keep_out
+    return blocks
+
+
 def _every_other_layer(ls, lt, fold: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per student layer, the picked teacher layer, with the skipped ones folded in."""
-    picks = layer_map(len(ls), len(lt))
     blocks, prev = [], -1
-    for (ns, s), j in zip(ls, picks, strict=True):
+    for (ns, s), j in zip(ls, layer_map(len(ls), len(lt)), strict=True):
         chain = lt[prev + 1 : j + 1] if fold else [lt[j]]
         W, b = _affine(chain[0][1])
         for _, t in chain[1:]:  # fold: treat the skipped layer's ReLU as the identity
@@ -133,16 +124,11 @@ def _every_other_layer(ls, lt, fold: bool) -> list[tuple[torch.Tensor, torch.Ten
             W, b = W_t @ W, W_t @ b + b_t
         if s.weight.shape != W.shape:
             first, last = chain[0][0], chain[-1][0]
-            what = (
-                f"teacher layer {last!r}"
-                if len(chain) == 1
-                else f"teacher layers {first!r}…{last!r}"
-            )
+            what = f"layer {last!r}" if len(chain) == 1 else f"layers {first!r}…{last!r}"
             raise ValueError(
-                f"every-other-layer puts {what} ({W.shape[1]}→{W.shape[0]}) into student "
-                f"layer {ns!r} ({_shape(s)}), but their shapes differ; the student's widths "
-                "must equal the picked teacher layers' (or use 'top-units' for a narrower "
-                "student of the same depth)"
+                f"every-other-layer puts teacher {what} ({W.shape[1]}→{W.shape[0]}) into "
+                f"student layer {ns!r} ({s.in_features}→{s.out_features}): the student's "
+                "widths must equal the picked teacher layers' ('top-units' keeps the depth)"
             )
         blocks.append((W, b))
         prev = j
@@ -172,21 +158,21 @@ def inherit(
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     ls, lt = _linears(student, "student"), _linears(teacher, "teacher")
-    _check_ends(ls, lt)
+    _check_shapes(ls, lt, strategy)
     with torch.no_grad():
         if strategy == "every-other-layer":
             blocks = _every_other_layer(ls, lt, fold)
         else:
-            _check_same_depth_and_narrower(ls, lt, strategy)
             blocks = _top_units(ls, lt)
         for (_, s), (W, b) in zip(ls, blocks, strict=True):
             s.weight.copy_(W)
             if s.bias is not None:
-                if b is None:
-                    s.bias.zero_()
-                else:
-                    s.bias.copy_(b)
+                s.bias.copy_(b)
     return student
+
+
+def _saves(layer: nn.Linear, rank: int) -> bool:
+    return rank * (layer.in_features + layer.out_features) < layer.in_features * layer.out_features
 
 
 def low_rank(teacher: nn.Module, rank: int, layers: Sequence[str] | None = None) -> nn.Module:
@@ -208,12 +194,7 @@ def low_rank(teacher: nn.Module, rank: int, layers: Sequence[str] | None = None)
     V.integer("rank", rank)
     found = dict(teacher.named_modules())
     if layers is None:
-        layers = [
-            n
-            for n, m in found.items()
-            if isinstance(m, nn.Linear)
-            and rank * (m.in_features + m.out_features) < m.in_features * m.out_features
-        ]
+        layers = [n for n, m in found.items() if isinstance(m, nn.Linear) and _saves(m, rank)]
         if not layers:
             raise ValueError(f"rank={rank} makes none of the teacher's Linear layers smaller")
     for name in layers:
@@ -222,11 +203,10 @@ def low_rank(teacher: nn.Module, rank: int, layers: Sequence[str] | None = None)
             raise ValueError(f"the teacher has no layer named {name!r}")
         if not isinstance(layer, nn.Linear):
             raise ValueError(f"low_rank factorises nn.Linear layers; {name!r} is {type(layer)}")
-        n_in, n_out = layer.in_features, layer.out_features
-        if rank * (n_in + n_out) >= n_in * n_out:
+        if not _saves(layer, rank):
             raise ValueError(
-                f"rank={rank} would not make layer {name!r} ({n_in}→{n_out}) smaller: "
-                f"r·(in + out) = {rank * (n_in + n_out):,} ≥ in·out = {n_in * n_out:,}"
+                f"rank={rank} would not make layer {name!r} ({layer.in_features}→"
+                f"{layer.out_features}) smaller: it needs r·(in + out) < in·out"
             )
     student = copy.deepcopy(teacher)
     with torch.no_grad():
@@ -298,29 +278,22 @@ def distill_params(
     """
     V.number("tol", tol, 0, open_low=True)
     V.number("temperature T", T, 0, open_low=True)
+    V.pair(student, teacher)
     if strategy is not None:
         inherit(student, teacher, strategy)
-    else:
-        V.pair(student, teacher)
-    history = History()
+    history = History(info={"strategy": strategy, "tol": tol})
     z_t = predict(teacher, data.X_test)
     z_s = predict(student, data.X_test.to(z_t.device))
-    history.info.update(
-        strategy=strategy,
-        tol=tol,
-        init_acc=evaluate(student, data)["accuracy"],
-        init_agreement=agreement(z_s, z_t),
-        init_kl=mean_kl(z_s, z_t),
-    )
-    state = {"before": _flat(student)}
+    history.info["init_acc"] = evaluate(student, data)["accuracy"]
+    history.info.update(init_agreement=agreement(z_s, z_t), init_kl=mean_kl(z_s, z_t))
+    before = _flat(student)
 
     def stop_when_still(model: nn.Module, hist: History) -> str | None:
-        change = param_change(state["before"], model)
+        nonlocal before
+        change = param_change(before, model)
         hist.rows[-1]["param_change"] = change
-        state["before"] = _flat(model)
-        if change < tol:
-            return f"converged: parameter change {change:.1e} < tol {tol:g}"
-        return None
+        before = _flat(model)
+        return f"converged: parameter change {change:.1e} < tol {tol:g}" if change < tol else None
 
     callbacks = [stop_when_still, *distill_kwargs.pop("callbacks", ())]
     distill_kwargs = {"optimizer": "sgd", "desc": f"params:{strategy}", **distill_kwargs}

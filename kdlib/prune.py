@@ -1,15 +1,9 @@
-"""Weight pruning: masks that zero weights, and structured pruning that removes them.
+"""Weight pruning: ``torch.nn.utils.prune`` masks that zero weights, and shrinking that drops them.
 
-Masks come from ``torch.nn.utils.prune``: a pruned layer keeps ``weight_orig`` (a parameter)
-and ``weight_mask`` (a buffer), and a forward pre-hook computes ``weight = weight_orig *
-weight_mask`` before every forward, so a masked weight stays exactly zero while training.
-Magnitude pruning per layer or over several layers together, iterative prune → fine-tune
-cycles (Han et al. 2015) on :func:`kdlib.train.fit`, Zhu & Gupta's cubic schedule and a
-per-layer sensitivity scan build on that. Masking makes a model neither smaller nor faster:
-:func:`structured_prune` masks whole units or channels and :func:`shrink` rebuilds the model
-without them, for ``Linear → Linear``, ``Conv → BatchNorm → Conv`` and ``Conv → Flatten →
-Linear`` chains in (nested) ``nn.Sequential`` models. For arbitrary graphs (residual
-connections, concatenations) use Torch-Pruning (https://github.com/VainF/Torch-Pruning).
+A masked layer keeps ``weight_orig`` (a parameter) and ``weight_mask`` (a buffer); a forward
+pre-hook computes ``weight = weight_orig * weight_mask``, so masked weights stay zero in training.
+:func:`structured_prune` masks whole units; :func:`shrink` removes them from ``Linear → Linear``,
+``Conv → BatchNorm → Conv`` and ``Conv → Flatten → Linear`` chains in ``nn.Sequential`` models.
 """
 
 from __future__ import annotations
@@ -37,13 +31,10 @@ __all__ = [
     "copy_pruned"
 ]  # fmt: skip
 
-# Layers whose ``weight`` the course prunes.
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TORCH_PRUNING = "for arbitrary graphs use Torch-Pruning (https://github.com/VainF/Torch-Pruning)"
 
 
-# --------------------------------------------------------------------------------------------
-# Choosing layers and checking amounts
 def prunable_layers(model: nn.Module, layers: Iterable[str] | None = None) -> dict[str, nn.Module]:
     """The layers pruning acts on: every ``Linear``/``Conv`` by dotted name, or ``layers``.
 
@@ -53,53 +44,42 @@ def prunable_layers(model: nn.Module, layers: Iterable[str] | None = None) -> di
     """
     found = {n: m for n, m in model.named_modules() if isinstance(m, _PRUNABLE)}
     if not found:
-        raise ValueError(
-            f"{type(model).__name__} has no prunable layers (Linear or Conv); nothing to prune"
-        )
+        raise ValueError(f"{type(model).__name__} has no prunable layers (Linear or Conv)")
     if layers is None:
         return found
-    if isinstance(layers, str):
-        layers = [layers]
-    layers = list(layers)
+    layers = [layers] if isinstance(layers, str) else list(layers)
     if not layers:
         raise ValueError("layers is empty: name at least one layer, or pass None for all")
     unknown = [n for n in layers if n not in found]
     if unknown:
-        raise ValueError(
-            f"unknown layer name(s) {unknown}; prunable layers are: {', '.join(found)}"
-        )
+        raise ValueError(f"unknown layer name(s) {unknown}; prunable layers: {', '.join(found)}")
     return {n: found[n] for n in found if n in layers}
 
 
-def _check_amount(amount, size: int, what: str) -> int:
-    """Number of entries ``amount`` asks to prune out of ``size``, as torch computes it."""
+def _count(amount, size: int, what: str, units: str = "weights") -> int:
+    """Entries ``amount`` asks to prune out of ``size`` left, as torch counts; never all."""
     if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
         raise TypeError(f"amount must be a float fraction or an int count, got {amount!r}")
-    if isinstance(amount, numbers.Integral):
-        if amount < 0 or amount > size:
-            raise ValueError(
-                f"amount={amount} is a count outside [0, {size}]: {what} has {size} "
-                "entries left to prune"
-            )
-        return int(amount)
-    if not 0.0 <= float(amount) <= 1.0:
-        raise ValueError(f"amount={amount} is a fraction outside [0, 1]")
-    return round(float(amount) * size)
-
-
-def _check_not_all(amount, size: int, what: str) -> None:
-    # a layer without weights computes nothing: never what a fraction of 1.0 was meant to do
-    if _check_amount(amount, size, what) >= size > 0:
+    whole = isinstance(amount, numbers.Integral)
+    if not 0 <= amount <= (size if whole else 1):
+        kind = f"a count outside [0, {size}] for {what}" if whole else "a fraction outside [0, 1]"
+        raise ValueError(f"amount={amount} is {kind}")
+    k = int(amount) if whole else round(float(amount) * size)
+    if k >= size and (size > 0 or units == "units"):  # a layer with nothing left computes nothing
         raise ValueError(
-            f"amount={amount} would prune all {size} remaining weights of {what}, leaving "
-            "nothing to compute with; use an amount below 1 (e.g. 0.99)"
+            f"amount={amount} would prune all {size} remaining {units} of {what}; use less"
         )
+    return k
 
 
-def _mask(module: nn.Module, name: str = "weight") -> torch.Tensor:
-    """The current mask of ``module.name`` (ones if it is not pruned)."""
-    mask = getattr(module, name + "_mask", None)
-    return mask if mask is not None else torch.ones_like(getattr(module, name))
+def _mask(module: nn.Module) -> torch.Tensor:
+    return module.weight_mask if hasattr(module, "weight_mask") else torch.ones_like(module.weight)
+
+
+def _masked(modules: Iterable[nn.Module]) -> tuple[int, int]:
+    """(masked, total) weights of ``modules``."""
+    masks = [_mask(m) for m in modules]
+    return sum(int((k == 0).sum()) for k in masks), sum(k.numel() for k in masks)
 
 
 def _effective(module: nn.Module, name: str = "weight") -> torch.Tensor:
@@ -109,26 +89,20 @@ def _effective(module: nn.Module, name: str = "weight") -> torch.Tensor:
     return getattr(module, name)
 
 
-# --------------------------------------------------------------------------------------------
-# Unstructured magnitude pruning
 def magnitude_prune(
     model: nn.Module,
     amount: float | int | Mapping[str, float | int],
     scope: str = "layer",
     layers: Iterable[str] | None = None,
 ) -> nn.Module:
-    r"""Zero the weights of smallest magnitude with ``torch.nn.utils.prune`` masks (in place).
-
-    ``scope="layer"``: each layer loses ``amount`` of its own weights (``l1_unstructured``);
-    ``scope="global"``: the smallest :math:`|w|` over all chosen layers together
-    (``global_unstructured``). As in torch, ``amount`` counts among the weights still unmasked:
-    0.5 twice leaves 25%. An amount that would mask every weight is refused.
+    r"""Mask the weights of smallest :math:`|w|` with ``torch.nn.utils.prune`` (in place).
 
     Args:
         model: the model (modified in place and returned).
-        amount: fraction in [0, 1) or int count of the remaining weights; with
-            ``scope="layer"`` also ``{layer: amount}`` (e.g. :meth:`Sensitivity.suggest`).
-        scope: ``"layer"`` or ``"global"``.
+        amount: fraction in [0, 1) or int count of the weights still unmasked (0.5 twice leaves
+            25%); with ``scope="layer"`` also ``{layer: amount}`` (:meth:`Sensitivity.suggest`).
+        scope: ``"layer"``: each layer on its own (``l1_unstructured``); ``"global"``: all chosen
+            layers together (``global_unstructured``).
         layers: layer names (default: every Linear/Conv).
 
     Example:
@@ -138,61 +112,42 @@ def magnitude_prune(
     """
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
-    if isinstance(amount, Mapping):
-        if scope != "layer":
-            raise ValueError("a dict of per-layer amounts needs scope='layer'")
-        if layers is not None:
-            raise ValueError("give either a dict of per-layer amounts or layers, not both")
-        chosen = prunable_layers(model, list(amount))
-        amounts = dict(amount)
-    else:
-        chosen = prunable_layers(model, layers)
-        amounts = dict.fromkeys(chosen, amount)
+    if isinstance(amount, Mapping) and (scope != "layer" or layers is not None):
+        raise ValueError("a dict of per-layer amounts needs scope='layer' and layers=None")
+    chosen = prunable_layers(model, list(amount) if isinstance(amount, Mapping) else layers)
+    amounts = amount if isinstance(amount, Mapping) else dict.fromkeys(chosen, amount)
     if scope == "global":
-        left = sum(int(_mask(m).sum()) for m in chosen.values())
-        _check_not_all(amount, left, "the chosen layers together")
-        _prune_global(chosen, amount)
+        _count(amount, sum(int(_mask(m).sum()) for m in chosen.values()), "the chosen layers")
+        modules = [(m, "weight") for m in chosen.values()]
+        torch_prune.global_unstructured(modules, torch_prune.L1Unstructured, amount=amount)
         return model
-    # Check every layer first, so a bad amount leaves the model untouched.
-    for name, m in chosen.items():
-        _check_not_all(amounts[name], int(_mask(m).sum()), f"layer {name!r}")
+    for name, m in chosen.items():  # check every layer first: a bad amount changes nothing
+        _count(amounts[name], int(_mask(m).sum()), f"layer {name!r}")
     for name, m in chosen.items():
         torch_prune.l1_unstructured(m, "weight", amount=amounts[name])
     return model
 
 
 def prune_to_sparsity(
-    model: nn.Module,
-    sparsity: float,
-    scope: str = "global",
-    layers: Iterable[str] | None = None,
+    model: nn.Module, sparsity: float, scope: str = "global", layers: Iterable[str] | None = None
 ) -> nn.Module:
     """Prune by magnitude until ``sparsity`` in [0, 1) of the chosen weights are masked.
 
-    Existing masks are kept and counted: 0.5, then 0.8, then 0.9 leaves exactly 90% masked.
-    ``scope="global"`` uses one threshold for all chosen layers, ``"layer"`` one per layer.
+    Existing masks count: 0.5, then 0.8, then 0.9 leaves exactly 90% masked. ``scope="global"``
+    uses one threshold for all chosen layers, ``"layer"`` one per layer.
     """
     V.number("sparsity", sparsity, 0, 1, open_high=True)
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
-    chosen = prunable_layers(model, layers)
-    groups = [chosen] if scope == "global" else [{n: m} for n, m in chosen.items()]
-    for group in groups:
-        total = sum(_mask(m).numel() for m in group.values())
-        masked = sum(int((_mask(m) == 0).sum()) for m in group.values())
+    chosen = list(prunable_layers(model, layers).values())
+    for group in [chosen] if scope == "global" else [[m] for m in chosen]:
+        masked, total = _masked(group)
         more = max(round(sparsity * total) - masked, 0)
-        _prune_global(group, more)
+        modules = [(m, "weight") for m in group]
+        torch_prune.global_unstructured(modules, torch_prune.L1Unstructured, amount=more)
     return model
 
 
-def _prune_global(chosen: dict[str, nn.Module], amount) -> None:
-    """Mask the ``amount`` smallest ``|w|`` over the chosen layers together."""
-    modules = [(m, "weight") for m in chosen.values()]
-    torch_prune.global_unstructured(modules, torch_prune.L1Unstructured, amount=amount)
-
-
-# --------------------------------------------------------------------------------------------
-# Measuring, making permanent, saving and loading
 @dataclass
 class SparsityReport:
     """Zeros per layer and in total, on the effective weights (biases not counted)."""
@@ -242,20 +197,20 @@ def sparsity_report(model: nn.Module, layers: Iterable[str] | None = None) -> Sp
 
 
 def _pruned_tensors(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    return [
-        (m, hook._tensor_name)
-        for m in model.modules()
-        for hook in list(m._forward_pre_hooks.values())
-        if isinstance(hook, torch_prune.BasePruningMethod)
-    ]
+    hooks = [(m, h) for m in model.modules() for h in list(m._forward_pre_hooks.values())]
+    return [(m, h._tensor_name) for m, h in hooks if isinstance(h, torch_prune.BasePruningMethod)]
+
+
+def _refresh(model: nn.Module) -> None:
+    """Set every masked tensor to ``orig * mask``, as the next forward would."""
+    for m, name in _pruned_tensors(model):
+        setattr(m, name, _effective(m, name))
 
 
 def copy_pruned(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model``, masked or not (``copy.deepcopy`` fails on masked layers,
-    whose ``weight`` is computed from ``weight_orig`` and ``weight_mask``)."""
+    """A deep copy of ``model``, masked or not (``copy.deepcopy`` fails on a masked layer)."""
     with torch.no_grad():
-        for m, name in _pruned_tensors(model):
-            setattr(m, name, _effective(m, name))
+        _refresh(model)
     return copy.deepcopy(model)
 
 
@@ -267,10 +222,9 @@ def make_permanent(model: nn.Module) -> nn.Module:
 
 
 def save_pruned(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Save a pruned model's state dict, masked (``*_orig`` + ``*_mask``) or permanent.
+    """Save a pruned model's state dict (masked or not) and layer types, written atomically.
 
-    The file holds only tensors and strings (read with ``torch.load(weights_only=True)``),
-    with each layer's type, and is written atomically.
+    The file holds only tensors and strings (``torch.load(weights_only=True)`` reads it).
     """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     layers = {n: type(m).__name__ for n, m in model.named_modules() if n}
@@ -282,10 +236,8 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> Path:
 def load_pruned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a file from :func:`save_pruned` into ``model`` (same architecture), in place.
 
-    Masks in the file are re-created with ``torch.nn.utils.prune``; layers the file holds
-    smaller, as :func:`shrink` leaves them, are rebuilt at that size. A file of another
-    architecture (other layer names or types, a tensor the model lacks, a larger layer) is
-    refused before ``model`` is touched.
+    Masks are re-created with ``torch.nn.utils.prune``; layers saved smaller (by :func:`shrink`)
+    are rebuilt at that size. A file of another architecture is refused before ``model`` changes.
     """
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or saved.get("format") != "kdlib-pruned-1":
@@ -295,43 +247,38 @@ def load_pruned(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 
 def _load_into(model: nn.Module, saved: dict, path) -> nn.Module:
-    state = saved["state_dict"]
     layers = {n: type(m).__name__ for n, m in model.named_modules() if n}
-    if saved.get("layers", layers) != layers:
-        theirs = saved["layers"]
-        diff = sorted(n for n in set(layers) | set(theirs) if layers.get(n) != theirs.get(n))
-        pairs = [f"{n}: file {theirs.get(n)}, model {layers.get(n)}" for n in diff[:5]]
-        raise ValueError(f"{path} holds another architecture: {'; '.join(pairs)}")
+    theirs = saved.get("layers", layers)
+    diff = sorted(n for n in set(layers) | set(theirs) if layers.get(n) != theirs.get(n))
+    if diff:
+        pairs = "; ".join(f"{n}: file {theirs.get(n)}, model {layers.get(n)}" for n in diff[:5])
+        raise ValueError(f"{path} holds another architecture: {pairs}")
     make_permanent(model)
+    state = saved["state_dict"]
     plain = {k.removesuffix("_orig"): v for k, v in state.items() if not k.endswith("_mask")}
-    ours = model.state_dict()
-    for key in sorted(set(plain) ^ set(ours)):
-        where = "the model lacks" if key in plain else "the file lacks"
-        raise ValueError(f"{path} does not fit this model: {where} {key!r}")
-    for mod_name, module in list(model.named_modules()):
-        w = plain.get(f"{mod_name}.weight".lstrip("."))
+    for key in sorted(set(plain) ^ set(model.state_dict())):
+        lacks = "the model lacks" if key in plain else "the file lacks"
+        raise ValueError(f"{path} does not fit this model: {lacks} {key!r}")
+    for name, module in list(model.named_modules()):
+        w = plain.get(f"{name}.weight".lstrip("."))
         if w is not None and w.shape != module.weight.shape:
             if any(a > b for a, b in zip(w.shape, module.weight.shape, strict=True)):
                 raise ValueError(
-                    f"{path} holds layer {mod_name!r} with weight {tuple(w.shape)}, larger "
-                    f"than the model's {tuple(module.weight.shape)}: another architecture"
+                    f"{path} holds layer {name!r} with weight {tuple(w.shape)}, larger than the "
+                    f"model's {tuple(module.weight.shape)}: another architecture"
                 )
-            _set_module(model, mod_name, _resized(module, *w.shape[:2]))
+            _set_module(model, name, _resized(module, *w.shape[:2]))
     for key in state:
         if key.endswith("_mask"):
-            mod_name, _, tensor = key[: -len("_mask")].rpartition(".")
-            torch_prune.identity(model.get_submodule(mod_name) if mod_name else model, tensor)
+            name, _, tensor = key.removesuffix("_mask").rpartition(".")
+            torch_prune.identity(model.get_submodule(name), tensor)
     model.load_state_dict(state)
-    for m, name in _pruned_tensors(model):
-        setattr(m, name, _effective(m, name))  # what the next forward would compute
+    _refresh(model)
     return model
 
 
-# --------------------------------------------------------------------------------------------
-# Structured pruning that physically shrinks
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
-# Modules that act on each unit/channel separately and map 0 to 0, so a unit that is zero
-# before them is zero after them and can be removed together with its inputs downstream.
+# Modules that act on each unit separately and map 0 to 0: a zero unit stays zero through them.
 _PASS_THROUGH = (
     (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Hardtanh)
     + (nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d, nn.AvgPool2d)
@@ -355,116 +302,63 @@ def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The modules of a (nested) ``nn.Sequential`` in execution order, by dotted name."""
     if not isinstance(model, nn.Sequential):
         raise ValueError(
-            f"structured shrink follows nn.Sequential models only; the model is a "
+            "shrink follows nn.Sequential models only; the model is a "
             f"{type(model).__name__}; {_TORCH_PRUNING}"
         )
-    out = []
-
-    def walk(seq: nn.Sequential, prefix: str) -> None:
-        for name, child in seq.named_children():
-            full = f"{prefix}{name}"
-            if isinstance(child, nn.Sequential):
-                walk(child, full + ".")
-            elif any(True for _ in child.children()):
-                raise ValueError(
-                    f"cannot follow module {full!r} ({type(child).__name__}): only "
-                    f"nn.Sequential containers can be traced by structured shrink; "
-                    f"{_TORCH_PRUNING}"
-                )
-            else:
-                out.append((full, child))
-
-    walk(model, "")
-    return out
+    leaves = [(n, m) for n, m in model.named_modules() if not isinstance(m, nn.Sequential)]
+    for name, m in leaves:
+        if list(m.children()):
+            raise ValueError(
+                f"cannot follow module {name!r} ({type(m).__name__}), a container other than "
+                f"nn.Sequential; {_TORCH_PRUNING}"
+            )
+    return leaves
 
 
 @dataclass
 class _Group:
-    """A layer whose output units can be removed, and what reads them."""
+    """A layer whose units can be removed, its BatchNorms, and the layer that reads the units."""
 
-    name: str
     producer: nn.Module
-    batchnorms: list[tuple[str, nn.Module]]  # channel-wise norms between producer and consumer
-    consumer_name: str
-    consumer: nn.Module
-    spatial: int  # inputs of the consumer per removed unit (H·W after a Flatten, else 1)
+    batchnorms: list[tuple[str, nn.Module]]
+    consumer: str
+    spatial: int  # consumer inputs per unit: H·W after a Flatten, else 1
 
 
-@dataclass
-class _Refusal:
-    """Why the units of a layer cannot be removed."""
-
-    message: str
-    output_layer: bool = False  # nothing reads the units: they are the model's outputs
-
-
-def _groups(model: nn.Module) -> dict[str, _Group | _Refusal]:
-    """For each Linear/Conv2d: its group, or why its units cannot be removed."""
+def _groups(model: nn.Module) -> dict[str, _Group | str | None]:
+    """For each Linear/Conv2d: its group, why it has none, or None for the output layer."""
     leaves = _leaves(model)
-    plan: dict[str, _Group | _Refusal] = {}
-    for i, (name, producer) in enumerate(leaves):
-        if not isinstance(producer, (nn.Linear, nn.Conv2d)):
-            continue
-        plan[name] = _follow(name, producer, leaves[i + 1 :])
-    return plan
+    return {
+        name: _follow(name, m, leaves[i + 1 :])
+        for i, (name, m) in enumerate(leaves)
+        if isinstance(m, (nn.Linear, nn.Conv2d))
+    }
 
 
-def _follow(name: str, producer: nn.Module, rest) -> _Group | _Refusal:
-    units = producer.out_features if isinstance(producer, nn.Linear) else producer.out_channels
-    if isinstance(producer, nn.Conv2d) and producer.groups != 1:
-        return _Refusal(f"layer {name!r} is a grouped convolution; {_TORCH_PRUNING}")
-    norms, flatten = [], None
+def _follow(name: str, producer: nn.Module, rest) -> _Group | str | None:
+    units, conv = producer.weight.shape[0], isinstance(producer, nn.Conv2d)
+    if conv and producer.groups != 1:
+        return f"layer {name!r} is a grouped convolution; {_TORCH_PRUNING}"
+    norms, flat = [], False
     for next_name, m in rest:
-        if isinstance(m, _BATCHNORM):
-            if m.num_features != units or not m.affine:
-                return _Refusal(
-                    f"cannot follow {next_name!r} ({type(m).__name__}) after {name!r}: it "
-                    "must have one affine parameter pair per unit"
-                )
+        fits_linear = isinstance(m, nn.Linear) and (
+            flat and m.in_features % units == 0 if conv else m.in_features == units
+        )
+        fits_conv = isinstance(m, nn.Conv2d) and conv and not flat
+        fits_conv = fits_conv and m.groups == 1 and m.in_channels == units
+        if isinstance(m, _BATCHNORM) and m.num_features == units and m.affine:
             norms.append((next_name, m))
-        elif isinstance(m, _PASS_THROUGH):
-            continue
-        elif isinstance(m, nn.Flatten):
-            if flatten is not None or m.start_dim != 1 or m.end_dim != -1:
-                return _Refusal(
-                    f"cannot follow {next_name!r} (Flatten) after {name!r}; {_TORCH_PRUNING}"
-                )
-            flatten = next_name
-        elif isinstance(m, nn.Linear):
-            spatial = 1
-            if isinstance(producer, nn.Conv2d):
-                if flatten is None:
-                    return _Refusal(
-                        f"cannot follow {next_name!r} (Linear) after conv {name!r} without a "
-                        f"Flatten between them; {_TORCH_PRUNING}"
-                    )
-                spatial, left = divmod(m.in_features, units)
-                if left:
-                    return _Refusal(
-                        f"{next_name!r} has {m.in_features} inputs, not a multiple of {units}"
-                    )
-            elif m.in_features != units:
-                return _Refusal(
-                    f"{next_name!r} has {m.in_features} inputs but {name!r} has {units} units"
-                )
-            return _Group(name, producer, norms, next_name, m, spatial)
-        elif isinstance(m, nn.Conv2d):
-            if flatten is not None or not isinstance(producer, nn.Conv2d):
-                return _Refusal(
-                    f"cannot follow {next_name!r} (Conv2d) after {name!r}; {_TORCH_PRUNING}"
-                )
-            if m.groups != 1 or m.in_channels != units:
-                return _Refusal(
-                    f"cannot follow {next_name!r} (Conv2d) after {name!r}; {_TORCH_PRUNING}"
-                )
-            return _Group(name, producer, norms, next_name, m, 1)
-        else:
-            return _Refusal(
-                f"cannot follow module {next_name!r} ({type(m).__name__}) after {name!r}: "
-                f"structured shrink knows Linear, Conv2d, BatchNorm, Flatten, pooling, dropout "
-                f"and activations with f(0) = 0; {_TORCH_PRUNING}"
+        elif isinstance(m, nn.Flatten) and not flat and (m.start_dim, m.end_dim) == (1, -1):
+            flat = True
+        elif fits_linear or fits_conv:
+            return _Group(producer, norms, next_name, m.in_features // units if fits_linear else 1)
+        elif not isinstance(m, _PASS_THROUGH):
+            return (
+                f"cannot follow module {next_name!r} ({type(m).__name__}) after {name!r}: shrink "
+                "follows Linear, Conv2d, affine BatchNorm, Flatten, pooling, dropout and "
+                f"activations with f(0) = 0, of matching sizes; {_TORCH_PRUNING}"
             )
-    return _Refusal(f"layer {name!r} is the output layer: its units are the model's outputs", True)
+    return None
 
 
 def structured_prune(
@@ -473,11 +367,10 @@ def structured_prune(
     norm: int | float = 1,
     layers: Iterable[str] | None = None,
 ) -> nn.Module:
-    r"""Mask whole units (Linear) or channels (Conv) of smallest :math:`L_p` norm (in place).
+    r"""Mask the output units (Linear) or channels (Conv) of smallest :math:`L_p` norm (in place).
 
-    Each chosen layer loses ``amount`` of its remaining output units (``prune.ln_structured``,
-    ``dim=0``). The bias and a following BatchNorm's weight and bias are masked too, so a removed
-    unit outputs exactly zero; :func:`shrink` then removes it.
+    ``prune.ln_structured`` (``dim=0``) masks their weights; their bias and a following
+    BatchNorm's weight and bias are masked too, so they output zero; :func:`shrink` removes them.
 
     Args:
         model: a (nested) ``nn.Sequential`` model, modified in place and returned.
@@ -492,160 +385,112 @@ def structured_prune(
     """
     plan = _groups(model)
     if layers is None:
-        names = [n for n, g in plan.items() if not (isinstance(g, _Refusal) and g.output_layer)]
+        names = [n for n, g in plan.items() if g is not None]
         if not names:
             raise ValueError(f"{type(model).__name__} has no layer whose units can be removed")
     else:
         names = list(prunable_layers(model, layers))
     for n in names:
-        if n not in plan:
-            raise ValueError(f"layer {n!r} is not a Linear or Conv2d of the sequential chain")
-        if not isinstance(plan[n], _Group):
-            raise ValueError(plan[n].message)
+        g = plan.get(n, f"layer {n!r} is not a Linear or Conv2d of the sequential chain")
+        if not isinstance(g, _Group):  # None: the output layer
+            raise ValueError(g or f"layer {n!r} is the output layer: its units are the outputs")
     chosen = {n: plan[n] for n in names}
-    for name, g in chosen.items():
-        alive = int(_alive_units(g.producer).sum())
-        k = _check_amount(amount, alive, f"layer {name!r}")
-        if k >= alive:
-            raise ValueError(
-                f"amount={amount} would remove every unit of layer {name!r} ({k} of {alive} "
-                "remaining); keep at least one"
-            )
+    for n, g in chosen.items():
+        _count(amount, int(_mask(g.producer).flatten(1).any(1).sum()), f"layer {n!r}", "units")
     for g in chosen.values():
         torch_prune.ln_structured(g.producer, "weight", amount=amount, n=norm, dim=0)
-        keep = _alive_units(g.producer).to(g.producer.weight.dtype)
-        targets = [(g.producer, "bias")] + [
-            (bn, p) for _, bn in g.batchnorms for p in ("weight", "bias")
-        ]
-        for m, pname in targets:
-            if getattr(m, pname, None) is not None:
-                torch_prune.custom_from_mask(m, pname, keep)
+        keep = _mask(g.producer).flatten(1).any(1).to(g.producer.weight.dtype)
+        if g.producer.bias is not None:
+            torch_prune.custom_from_mask(g.producer, "bias", keep)
+        for _, bn in g.batchnorms:
+            torch_prune.custom_from_mask(bn, "weight", keep)
+            torch_prune.custom_from_mask(bn, "bias", keep)
     return model
 
 
-def _alive_units(producer: nn.Module) -> torch.Tensor:
-    """Boolean ``(out,)``: units whose weight mask is not all zero."""
-    return _mask(producer).flatten(1).any(dim=1)
-
-
-def _dead_units(g: _Group) -> torch.Tensor:
-    """Boolean ``(out,)``: units whose output reaching the consumer is zero for any input."""
-    if g.batchnorms:
-        # A BatchNorm with zero scale and shift outputs 0 whatever comes in.
-        _, bn = g.batchnorms[-1]
-        return (bn.weight == 0) & (bn.bias == 0)
-    dead = (g.producer.weight.flatten(1) == 0).all(dim=1)
-    if g.producer.bias is not None:
-        dead &= g.producer.bias == 0
-    return dead
+def _zero_rows(w: torch.Tensor) -> torch.Tensor:
+    return (w.detach().flatten(1) == 0).all(1)
 
 
 def shrink(model: nn.Module) -> nn.Sequential:
-    """A new, smaller model without the units whose output is always zero (the argument is kept).
+    """A new, smaller model computing the same outputs without its zero units (``model`` kept).
 
-    Masks are made permanent on a copy; every zero unit (Linear) or channel (Conv) is removed
-    from its layer and from the next layer's inputs, through BatchNorm, activations, pooling and
-    a Flatten. The result computes the same outputs with fewer parameters and MACs.
-
-    Raises:
-        ValueError: zero units in a layer it cannot rebuild or whose consumer it cannot trace
-            (the message names the module and its type), or a layer that would lose every unit.
+    Each zero unit (Linear) or channel (Conv) leaves its layer and the next layer's inputs,
+    through BatchNorm, activations, pooling and a Flatten; zero units in a layer or chain it
+    cannot rebuild are refused, naming the module and its type.
     """
     net = make_permanent(copy_pruned(model))
-    for name, m in _leaves(net):  # zero units in a layer shrink cannot rebuild: refuse by name
+    for name, m in _leaves(net):
         w = getattr(m, "weight", None)
         known = isinstance(m, (nn.Linear, nn.Conv2d, *_BATCHNORM))
-        if not known and isinstance(w, torch.Tensor) and w.ndim >= 2:
-            if bool((w.detach().flatten(1) == 0).all(1).any()):
-                raise ValueError(
-                    f"layer {name!r} ({type(m).__name__}) has zero units, but shrink rebuilds "
-                    f"only Linear, Conv2d and BatchNorm layers; {_TORCH_PRUNING}"
-                )
+        if not known and isinstance(w, torch.Tensor) and w.ndim >= 2 and _zero_rows(w).any():
+            raise ValueError(
+                f"layer {name!r} ({type(m).__name__}) has zero units, but shrink rebuilds "
+                f"only Linear, Conv2d and BatchNorm layers; {_TORCH_PRUNING}"
+            )
     with torch.no_grad():
-        keep_out: dict[str, torch.Tensor] = {}
-        keep_in: dict[str, tuple[torch.Tensor, int]] = {}
+        rows: dict[str, torch.Tensor] = {}  # units kept, by layer
+        cols: dict[str, torch.Tensor] = {}  # inputs kept, by consumer
         for name, g in _groups(net).items():
-            if isinstance(g, _Refusal):
-                zero_rows = (net.get_submodule(name).weight.flatten(1) == 0).all(dim=1)
-                if zero_rows.any() and not g.output_layer:
-                    raise ValueError(g.message)
+            if not isinstance(g, _Group):
+                if g is not None and _zero_rows(net.get_submodule(name).weight).any():
+                    raise ValueError(g)
                 continue
-            dead = _dead_units(g)
+            if g.batchnorms:  # a BatchNorm with zero scale and shift outputs 0 whatever comes in
+                bn = g.batchnorms[-1][1]
+                dead = (bn.weight == 0) & (bn.bias == 0)
+            else:
+                dead = _zero_rows(g.producer.weight)
+                if g.producer.bias is not None:
+                    dead &= g.producer.bias == 0
             if not dead.any():
                 continue
             if dead.all():
                 raise ValueError(f"every unit of layer {name!r} is zero; shrink would remove it")
             keep = torch.nonzero(~dead).flatten()
-            keep_out[name] = keep
-            for bn_name, _ in g.batchnorms:
-                keep_out[bn_name] = keep
-            keep_in[g.consumer_name] = (keep, g.spatial)
-        for name, module in list(net.named_modules()):
-            if name not in keep_out and name not in keep_in:
-                continue
-            if isinstance(module, _BATCHNORM):
-                new = _sliced(module, keep_out[name])
-            else:
-                rows = keep_out.get(name, torch.arange(module.weight.shape[0]))
-                new = _sliced(module, rows, _input_columns(module, *keep_in.get(name, (None, 1))))
-            _set_module(net, name, new)
+            for kept in [name, *(bn_name for bn_name, _ in g.batchnorms)]:
+                rows[kept] = keep
+            # after a Flatten, channel c of (N, C, H, W) fills inputs c·H·W ... (c+1)·H·W − 1
+            cols[g.consumer] = (keep[:, None] * g.spatial + torch.arange(g.spatial)).flatten()
+        for name, m in list(net.named_modules()):
+            if name in rows or name in cols:
+                _set_module(net, name, _sliced(m, rows.get(name), cols.get(name)))
     return net
-
-
-def _input_columns(module: nn.Module, keep: torch.Tensor | None, spatial: int) -> torch.Tensor:
-    n_in = module.weight.shape[1]
-    if keep is None:
-        return torch.arange(n_in)
-    # After Flatten, channel c of (N, C, H, W) fills inputs c·H·W ... c·H·W + H·W − 1.
-    return (keep[:, None] * spatial + torch.arange(spatial)).flatten()
 
 
 def _resized(old: nn.Module, n_out: int, n_in: int | None = None) -> nn.Module:
     """A fresh layer configured like ``old`` with ``n_out`` outputs and ``n_in`` inputs."""
-    w = old.weight
-    kw = dict(device=w.device if w is not None else None)
+    kw = dict(device=old.weight.device)
+    if isinstance(old, _BATCHNORM):
+        return type(old)(n_out, old.eps, old.momentum, old.affine, old.track_running_stats, **kw)
+    kw.update(bias=old.bias is not None, dtype=old.weight.dtype)
     if isinstance(old, nn.Linear):
-        return nn.Linear(n_in, n_out, bias=old.bias is not None, dtype=w.dtype, **kw)
+        return nn.Linear(n_in, n_out, **kw)
     if isinstance(old, nn.Conv2d) and old.groups == 1:
         return nn.Conv2d(
-            n_in, n_out, old.kernel_size, stride=old.stride, padding=old.padding,
-            dilation=old.dilation, bias=old.bias is not None, padding_mode=old.padding_mode,
-            dtype=w.dtype, **kw,
-        )  # fmt: skip
-    if isinstance(old, _BATCHNORM):
-        return type(old)(
-            n_out, eps=old.eps, momentum=old.momentum, affine=old.affine,
-            track_running_stats=old.track_running_stats, **kw,
+            n_in, n_out, old.kernel_size, old.stride, old.padding, old.dilation,
+            padding_mode=old.padding_mode, **kw,
         )  # fmt: skip
     raise ValueError(f"cannot resize a {type(old).__name__} layer; {_TORCH_PRUNING}")
 
 
-def _sliced(old: nn.Module, rows: torch.Tensor, cols: torch.Tensor | None = None) -> nn.Module:
-    """``old`` keeping output units ``rows`` and (Linear/Conv) input columns ``cols``."""
-    new = _resized(old, len(rows), None if cols is None else len(cols))
-    with torch.no_grad():
-        if isinstance(old, _BATCHNORM):
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                t = getattr(old, name, None)
-                if t is not None:
-                    getattr(new, name).copy_(t.detach()[rows])
-            if old.num_batches_tracked is not None:
-                new.num_batches_tracked.copy_(old.num_batches_tracked)
-        else:
-            new.weight.copy_(old.weight.detach()[rows][:, cols])
-            if old.bias is not None:
-                new.bias.copy_(old.bias.detach()[rows])
+def _sliced(old: nn.Module, rows=None, cols=None) -> nn.Module:
+    """``old`` rebuilt with only output units ``rows`` and input columns ``cols`` (None: all)."""
+    state = old.state_dict()
+    if rows is not None:  # every tensor per unit: weight, bias, BatchNorm statistics
+        state = {k: t[rows] if t.ndim else t for k, t in state.items()}
+    if cols is not None:
+        state["weight"] = state["weight"][:, cols]
+    new = _resized(old, *state["weight"].shape[:2])
+    new.load_state_dict(state)
     return new.train(old.training)
 
 
 def _set_module(model: nn.Module, dotted: str, new: nn.Module) -> None:
-    parent_name, _, child = dotted.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
+    parent, _, child = dotted.rpartition(".")
+    setattr(model.get_submodule(parent), child, new)
 
 
-# --------------------------------------------------------------------------------------------
-# Iterative and gradual pruning
 def iterative_prune(
     model: nn.Module,
     data: Dataset,
@@ -664,13 +509,11 @@ def iterative_prune(
 ) -> History:
     r"""Prune → fine-tune cycles (Han et al. 2015), masks held while fine-tuning (in place).
 
-    Step :math:`k` prunes by magnitude to sparsity :math:`s_k` (Zhu & Gupta's cubic
-    :func:`agp_schedule`, or equal steps with ``schedule="linear"``), then fine-tunes with
-    :func:`kdlib.train.fit` at ``lr * lr_scale``. The model is left masked.
+    Step :math:`k` prunes by magnitude to :math:`s_k` (:func:`agp_schedule`, or equal steps with
+    ``schedule="linear"``), then fine-tunes with :func:`kdlib.train.fit` at ``lr * lr_scale``.
 
     Args:
-        model: a trained model (pruned in place).
-        data: the data set to fine-tune on.
+        model, data: a trained model (pruned in place) and the data to fine-tune on.
         target_sparsity: masked fraction of the chosen weights at the end, in [0, 1).
         steps: prune → fine-tune cycles; finetune_epochs: epochs after each pruning step.
         lr_scale: fine-tuning learning rate as a fraction of ``lr``.
@@ -687,36 +530,31 @@ def iterative_prune(
     V.number("lr_scale", lr_scale, 0, open_low=True)
     if schedule not in ("cubic", "linear"):
         raise ValueError(f"schedule must be 'cubic' or 'linear', got {schedule!r}")
-    chosen = list(prunable_layers(model, layers))
-    start = _masked_fraction(model, chosen)
+    chosen = prunable_layers(model, layers)
+    masked, total = _masked(chosen.values())
+    start = masked / total
     if schedule == "cubic":
-        sched = agp_schedule(start, target_sparsity, 0, steps, 1)
-        targets = [sched(k) for k in range(1, steps + 1)]
+        cubic = agp_schedule(start, target_sparsity, 0, steps, 1)
+        targets = [cubic(k) for k in range(1, steps + 1)]
     else:
         targets = [start + (target_sparsity - start) * k / steps for k in range(1, steps + 1)]
     history = History()
     for k, s in enumerate(targets, start=1):
-        prune_to_sparsity(model, s, scope=scope, layers=chosen)
+        prune_to_sparsity(model, s, scope=scope, layers=list(chosen))
         pruned_acc = evaluate(model, data)["accuracy"]
         first = len(history)
         step_seed = None if seed is None else seed + k
         fit(model, data, finetune_epochs, lr * lr_scale, seed=step_seed, progress=progress,
             history=history, desc=f"prune step {k}/{steps}", **fit_kwargs)  # fmt: skip
-        sparsity = _masked_fraction(model, chosen)
+        masked, total = _masked(chosen.values())
         for row in history.rows[first:]:
-            row["step"], row["sparsity"] = k, sparsity
+            row["step"], row["sparsity"] = k, masked / total
         history.rows[first]["pruned_acc"] = pruned_acc
         # a copy of every mask after this step, so a lesson can check that they only grow
-        masks = {n: _mask(m).bool().clone() for n, m in prunable_layers(model, chosen).items()}
+        masks = {n: _mask(m).bool().clone() for n, m in chosen.items()}
         history.info.setdefault("masks", []).append(masks)
     history.info["target_sparsity"] = target_sparsity
     return history
-
-
-def _masked_fraction(model: nn.Module, layers: Sequence[str]) -> float:
-    chosen = prunable_layers(model, layers)
-    masked = sum(int((_mask(m) == 0).sum()) for m in chosen.values())
-    return masked / sum(_mask(m).numel() for m in chosen.values())
 
 
 @dataclass(frozen=True)
@@ -757,14 +595,13 @@ class AGPSchedule:
             >>> hist = kdlib.fit(net, data, epochs=8, callbacks=[sched.callback()])
         """
         names = None if layers is None else list(layers)
-        times = set(self.times)
 
         def prune_on_schedule(model: nn.Module, history: History) -> None:
-            t = history.epochs
-            chosen = list(prunable_layers(model, names))
-            if t in times:
-                prune_to_sparsity(model, self(t), scope=scope, layers=chosen)
-            history.rows[-1]["sparsity"] = _masked_fraction(model, chosen)
+            chosen = prunable_layers(model, names)
+            if history.epochs in self.times:
+                prune_to_sparsity(model, self(history.epochs), scope=scope, layers=list(chosen))
+            masked, total = _masked(chosen.values())
+            history.rows[-1]["sparsity"] = masked / total
 
         return prune_on_schedule
 
@@ -790,8 +627,6 @@ def agp_schedule(s_i: float, s_f: float, t0: float, n: int, dt: float) -> AGPSch
     return AGPSchedule(float(s_i), float(s_f), t0, int(n), dt)
 
 
-# --------------------------------------------------------------------------------------------
-# Accuracy against sparsity, and per-layer sensitivity
 @dataclass
 class Sensitivity:
     """Accuracy with each layer pruned alone, at each amount (from :func:`sensitivity_scan`)."""
@@ -814,12 +649,10 @@ class Sensitivity:
         return "\n".join(lines)
 
     def suggest(self, target_sparsity: float) -> dict[str, float]:
-        r"""Per-layer amounts reaching ``target_sparsity`` overall at the least predicted loss.
+        """Per-layer amounts (``{layer: amount}``) reaching ``target_sparsity`` at the least loss.
 
         Each layer's accuracy drop against weights removed is made monotone and convex (its lower
-        hull); treating drops as additive, the hull segments are taken in order of drop per weight,
-        so robust layers take most of the sparsity. Returns ``{layer: amount}`` for
-        :func:`magnitude_prune`.
+        hull); with drops taken as additive, the cheapest hull segments per weight go first.
         """
         if not 0 <= target_sparsity < 1:
             raise ValueError(f"target_sparsity must be in [0, 1), got {target_sparsity!r}")
@@ -840,10 +673,7 @@ class Sensitivity:
             )
         need = target_sparsity * total
         taken = dict.fromkeys(self.sizes, 0.0)
-        # A stable sort keeps each layer's segments in order when slopes tie.
-        for _, name, width in sorted(segments, key=lambda seg: seg[0]):
-            if need <= 0:
-                break
+        for _, name, width in sorted(segments, key=lambda seg: seg[0]):  # stable on ties
             take = min(width, need)
             taken[name] += take
             need -= take
@@ -874,20 +704,19 @@ def sensitivity_scan(
 ) -> Sensitivity:
     """Accuracy with each layer pruned alone by magnitude, at each amount (copies; model kept).
 
-    The default evaluates on the *train* split, so choosing amounts never looks at the test set.
-    ``amounts`` are increasing fractions in (0, 1].
+    ``amounts`` are increasing fractions in (0, 1]. The default evaluates on the *train* split,
+    so choosing amounts never looks at the test set.
     """
     amounts = [float(a) for a in amounts]
     if not amounts or any(not 0 < a <= 1 for a in amounts) or amounts != sorted(amounts):
         raise ValueError(f"amounts must be increasing fractions in (0, 1], got {amounts}")
-    names = list(prunable_layers(model, layers))
+    chosen = prunable_layers(model, layers)
     baseline = evaluate(model, data, split=split)["accuracy"]
-    accuracy, sizes = {}, {}
-    for name in names:
-        accuracy[name] = []
+    accuracy = {name: [] for name in chosen}
+    for name in chosen:
         for a in amounts:
             net = copy_pruned(model)
             torch_prune.l1_unstructured(net.get_submodule(name), "weight", amount=a)
             accuracy[name].append(evaluate(net, data, split=split)["accuracy"])
-        sizes[name] = int(_mask(model.get_submodule(name)).numel())
+    sizes = {name: m.weight.numel() for name, m in chosen.items()}
     return Sensitivity(baseline, amounts, accuracy, sizes, split)

@@ -1,8 +1,6 @@
-"""Argument checks and small mechanics shared by the core, each written once.
-
-Every check raises an error that names the argument and says what was expected, so a wrong
-call fails at once with a message instead of deep inside torch. The mechanics: a model's
-device, eval mode for a block, an atomic file write and a file's SHA-256.
+"""Argument checks shared by the core, each raising an error that names the argument and says
+what was expected (a wrong call fails at once, not deep inside torch); and small mechanics: a
+model's device, eval mode for a block, an atomic file write, a file's SHA-256.
 """
 
 from __future__ import annotations
@@ -30,22 +28,17 @@ def number(name: str, value, low=None, high=None, *, open_low=False, open_high=F
         >>> number("alpha", 0.9, 0, 1)
         0.9
     """
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value)
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = real and math.isfinite(value)
     ok = ok and (low is None or (value > low if open_low else value >= low))
     ok = ok and (high is None or (value < high if open_high else value <= high))
-    if not ok:
-        if low is not None and high is not None:
-            left, right = "(" if open_low else "[", ")" if open_high else "]"
-            bounds = f" in {left}{low}, {high}{right}"
-        elif low is not None:
-            bounds = f" {'>' if open_low else '>='} {low}"
-        else:
-            bounds = ""
-        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        what = "a finite number" if real and not math.isfinite(value) else "a number"
-        raise ValueError(f"{name} must be {what}{bounds}, got {value!r}")
-    return value
+    if ok:
+        return value
+    bounds = "" if low is None else f" {'>' if open_low else '>='} {low}"
+    if low is not None and high is not None:
+        bounds = f" in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    what = "a finite number" if real and not math.isfinite(value) else "a number"
+    raise ValueError(f"{name} must be {what}{bounds}, got {value!r}")
 
 
 def integer(name: str, value, low: int = 1) -> int:
@@ -65,8 +58,7 @@ def flag(name: str, value) -> bool:
 
 def tensor(name: str, x, *, ndim=None, floating: bool = False, finite: bool = False):
     """``x`` if it is a tensor of an allowed rank (int or tuple), floating point and finite when
-    asked; else an error naming ``name``.
-    """
+    asked; else an error naming ``name``."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     ranks = (ndim,) if isinstance(ndim, int) else ndim
