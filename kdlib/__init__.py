@@ -27,10 +27,14 @@ __version__ = "0.1.0"
 __all__ = ["guards", "parallel", "validate"]
 for _name in "data models train metrics losses distill features params prune".split():
     __all__ += importlib.import_module(f".{_name}", __name__).__all__
+del _name
+
+_MOVED = ("random_shift", "distill_sweep", "sparsity_sweep")  # now in the course's machinery
 
 
 def __getattr__(name: str):
     # kdlib.course (the machinery) and kdlib.quant (torchao) load on first use
     if name in ("course", "quant"):
         return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'kdlib' has no attribute {name!r}")
+    moved = f"; it moved to kdlib.course.{name}" if name in _MOVED else ""
+    raise AttributeError(f"module 'kdlib' has no attribute {name!r}{moved}")

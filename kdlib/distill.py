@@ -91,7 +91,7 @@ def resolve_loss(
         "mse+ce": lambda s, t, y: L.mse_kd_loss(s, t, y, lam),
         "ce": lambda s, t, y: F.cross_entropy(s, y),
     }
-    if loss not in named:
+    if not isinstance(loss, str) or loss not in named:
         raise ValueError(
             f"unknown loss {loss!r}; use one of {', '.join(map(repr, LOSS_NAMES))}, a callable "
             "(student_logits, teacher_logits, y) -> scalar, or None with an extra_loss"
@@ -128,10 +128,12 @@ def distill(
         teacher: the trained model to imitate, :func:`frozen` for the whole run; one on another
             device is moved to the training device and back afterwards.
         data, epochs, lr: as in :func:`kdlib.train.fit`.
-        loss: a name from :data:`LOSS_NAMES`, a callable ``(student_logits, teacher_logits,
-            y) -> scalar``, or ``None`` (then ``extra_loss`` is the whole objective).
-        T: temperature (> 0); alpha: weight of the soft part in ``"kd"`` / ``"soft-ce"``, in
-            [0, 1]; lam: weight of the matching term in ``"mse+ce"`` (>= 0).
+        loss: a name from :data:`LOSS_NAMES` (``"kd"``, ``"soft"``, ``"soft-ce"``, ``"mse"``,
+            ``"mse+ce"``, ``"ce"``), a callable ``(student_logits, teacher_logits, y) ->
+            scalar``, or ``None`` (then ``extra_loss`` is the whole objective).
+        T: temperature of the soft losses (> 0).
+        alpha: weight of the soft part in ``"kd"`` / ``"soft-ce"``, in [0, 1].
+        lam: weight of the logit-matching term in ``"mse+ce"`` (>= 0).
         cache_teacher_logits: ``True``: the teacher's logits on the training split are computed
             once and looked up by row (fixed inputs only: no ``augment``); ``False``: the
             teacher runs on every batch; ``None``: cache unless ``augment`` or ``extra_loss``.

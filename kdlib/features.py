@@ -53,7 +53,7 @@ def _resolve(model: nn.Module, names: Iterable[str], role: str = "model") -> dic
             close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.0)
             raise ValueError(
                 f"{role} has no layer named {name!r}; closest names: {', '.join(close)} "
-                "(see layer_names)"
+                "(see kdlib.features.layer_names)"
             )
         found[name] = modules[name]
     return found
@@ -66,7 +66,8 @@ class FeatureCapture:
     ``{name: output}``; the hooks are removed when the block ends, also on an exception.
 
     Args:
-        model: the network to watch; names: module paths (see :func:`layer_names`).
+        model: the network to watch.
+        names: module paths (see :func:`layer_names`).
         detach: store ``output.detach()``.
         on_reuse: a layer that runs twice in one forward raises (``"error"``), keeps the last
             output (``"last"``) or a list of all (``"all"``).
@@ -259,7 +260,8 @@ def _layer(name, model: nn.Module, role: str) -> str:
 
 
 def _modules_up_to(model: nn.Module, names: Sequence[str], X: Tensor) -> list[nn.Module]:
-    """The modules whose forward ends by the last named layer's (up to the guided layer)."""
+    """The modules whose forward finishes no later than the last named layer's: FitNets'
+    "student up to the guided layer", trained in the hint stage."""
     targets = [dict(model.named_modules(remove_duplicate=False))[n] for n in names]
     order: list[nn.Module] = []
     handles = [m.register_forward_hook(lambda m, i, o: order.append(m)) for m in model.modules()]
@@ -307,8 +309,10 @@ def distill_features(
         loss: ``"hint"`` or ``"cosine"`` (after a learned regressor), ``"at"`` (attention
             transfer, maps only), or a callable ``(f_s, f_t) -> scalar`` on raw features (an
             ``nn.Module`` such as ``HintLoss(projector(...))`` is trained with the student).
-        epochs: epochs of the joint stage or of the KD stage; lr: learning rate.
-        method: ``"joint"`` (default) or ``"fitnets"``; hint_epochs: its hint stage (default 3).
+        epochs: epochs of the joint stage or of the KD stage.
+        lr: learning rate.
+        method: ``"joint"`` (default) or ``"fitnets"``.
+        hint_epochs: epochs of the hint stage (``"fitnets"`` only; default 3).
         beta: weight :math:`\beta \ge 0` of the feature term (default :data:`BETA_DEFAULTS`).
         projectors: a dict to receive the regressors ``{student_layer: module}``, or a filled
             one to reuse.

@@ -32,8 +32,8 @@ def assert_logits(x: torch.Tensor, name: str = "logits") -> torch.Tensor:
     """Return ``x`` if it can be logits; raise if its rows look like softmax probabilities."""
     if looks_like_probabilities(x):
         raise ValueError(
-            f"{name} look like probabilities (rows ≥ 0 summing to 1): pass raw logits, the "
-            "losses apply softmax themselves"
+            f"{name} look like probabilities (every row is ≥ 0 and sums to 1). Pass raw "
+            "logits: F.cross_entropy and the distillation losses apply softmax themselves"
         )
     return x
 
@@ -96,8 +96,9 @@ def assert_trained(teacher: nn.Module, data: Dataset, min_accuracy: float | None
     acc = evaluate(teacher, data)["accuracy"]
     if acc < threshold:
         raise ValueError(
-            f"the teacher's test accuracy is {acc:.1%} (chance {1 / data.num_classes:.0%}): "
-            "train the teacher first, then freeze it and distil"
+            f"the teacher's test accuracy is {acc:.1%} (chance is {1 / data.num_classes:.0%}): "
+            "train the teacher first, then freeze it; a teacher trained jointly with its "
+            "student from scratch has no knowledge to transfer"
         )
     return acc
 
@@ -106,8 +107,9 @@ def assert_distinct(student: nn.Module, teacher: nn.Module) -> None:
     """Raise if ``student`` is the ``teacher`` object or shares a parameter's memory with it."""
     if student is teacher:
         raise ValueError(
-            "the student is the teacher object itself: training it trains the teacher; build "
-            "a separate, smaller student, e.g. kdlib.model('cnn-thin')"
+            "the student is the teacher object itself (one model under two names): training "
+            "it trains the teacher, and nothing is compressed; build a separate, smaller "
+            "student, e.g. kdlib.model('cnn-thin')"
         )
     owner = {p.untyped_storage().data_ptr(): n for n, p in teacher.named_parameters()}
     at = {n: p.untyped_storage().data_ptr() for n, p in student.named_parameters()}
@@ -116,7 +118,8 @@ def assert_distinct(student: nn.Module, teacher: nn.Module) -> None:
         raise ValueError(
             f"the student shares {len(shared)} parameter tensor(s) with the teacher "
             f"({', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''}): training it "
-            "changes the teacher; copy what it inherits with copy.deepcopy"
+            "changes the teacher too; copy what the student inherits (copy.deepcopy) instead of "
+            "reusing the teacher's modules"
         )
 
 
@@ -126,7 +129,7 @@ def assert_smaller(student: nn.Module, teacher: nn.Module) -> float:
     n_s, n_t = count_params(student), count_params(teacher)
     if n_s >= n_t:
         raise ValueError(
-            f"the student has {n_s:,} parameters and the teacher {n_t:,}: that compresses "
-            "nothing; give the student fewer units or layers"
+            f"the student has {n_s:,} parameters and the teacher {n_t:,}: a student built "
+            "from the teacher's own architecture compresses nothing; give it fewer units or layers"
         )
     return n_t / n_s

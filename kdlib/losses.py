@@ -19,11 +19,12 @@ __all__ = [
     "CosineFeatureLoss"
 ]  # fmt: skip
 
+# the reductions each loss allows
 _MEAN, _BATCHMEAN = ("mean", "sum", "none"), ("batchmean", "sum", "none")
 
 
-def _check_logits(s: Tensor, t: Tensor | None) -> None:
-    for name, z in (("student_logits", s), ("teacher_logits", t)):
+def _check_logits(z_s: Tensor, z_t: Tensor | None) -> None:
+    for name, z in (("student_logits", z_s), ("teacher_logits", z_t)):
         if z is None:
             continue
         V.tensor(name, z, floating=True)
@@ -38,11 +39,11 @@ def _check_logits(s: Tensor, t: Tensor | None) -> None:
                 f"{name} contains NaN or inf in {len(rows)} row(s), at batch index "
                 f"{rows[:5] + (['...'] if len(rows) > 5 else [])}; check the inputs and lr"
             )
-    if t is not None and s.shape != t.shape:
-        what = "class counts" if s.shape[1] != t.shape[1] else "batch sizes"
+    if z_t is not None and z_s.shape != z_t.shape:
+        what = "class counts" if z_s.shape[1] != z_t.shape[1] else "batch sizes"
         raise ValueError(
-            f"student and teacher logits differ in shape ({what}): student {tuple(s.shape)} "
-            f"vs teacher {tuple(t.shape)}"
+            f"student and teacher logits differ in shape ({what}): student {tuple(z_s.shape)} "
+            f"vs teacher {tuple(z_t.shape)}"
         )
 
 
@@ -103,7 +104,8 @@ def mse_logits(student_logits: Tensor, teacher_logits: Tensor, reduction: str = 
         reduction: ``"mean"`` (default, equal to ``F.mse_loss``), ``"sum"`` or ``"none"``.
 
     Shape:
-        logits: ``(N, C)`` floating point; output: scalar, or ``(N,)`` with ``"none"``.
+        student_logits, teacher_logits: ``(N, C)`` floating point; output: scalar, or ``(N,)``
+        with ``"none"``.
 
     Example:
         >>> mse_logits(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]]))
@@ -132,7 +134,8 @@ def soft_target_kl(
             ``"sum"`` or ``"none"``; ``"mean"`` is refused (``kl_div`` also divides it by C).
 
     Shape:
-        logits: ``(N, C)`` floating point, ``N > 0``; output: scalar, or ``(N,)`` with ``"none"``.
+        student_logits, teacher_logits: ``(N, C)`` floating point, ``N > 0``; output: scalar,
+        or ``(N,)`` with ``"none"``.
 
     Example:
         >>> s, t = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
@@ -193,7 +196,8 @@ def kd_loss(
     Args:
         student_logits, teacher_logits: raw outputs (the teacher's treated as constants).
         y: the true class indices.
-        T: temperature > 0 of the soft part; alpha: its weight in [0, 1].
+        T: temperature > 0 of the soft part.
+        alpha: weight of the soft part, in [0, 1].
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
         soft: ``"kl"`` (default) or ``"ce"`` (:func:`soft_target_ce`).
 
@@ -329,7 +333,8 @@ def attention_transfer_loss(
     Channel counts may differ (the map averages them away); height and width must agree.
 
     Args:
-        f_s, f_t: student and teacher feature maps; p: the power of :func:`attention_map`.
+        f_s, f_t: student and teacher feature maps.
+        p: the power of :func:`attention_map`.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
 
     Shape:

@@ -118,7 +118,8 @@ def input_shape_of(model: nn.Module) -> tuple[int, ...]:
 
 
 def _example(model: nn.Module, input_shape: Sequence[int] | None, batch_size: int):
-    """A random batch of ``input_shape`` examples, run once through ``model`` as a check."""
+    """A random batch of ``input_shape`` examples; it runs once through ``model`` here, to check
+    the shape (and, inside :func:`macs`, that forward is the one counted)."""
     if input_shape is None:
         shape = input_shape_of(model)
     elif isinstance(input_shape, torch.Tensor) or not isinstance(input_shape, Sequence):
@@ -200,7 +201,8 @@ def pareto_front(rows: Sequence[Mapping], x: str, y: str) -> list[Mapping]:
 
     Args:
         rows: mappings with finite numbers under ``x`` and ``y``.
-        x: the key to minimise (a cost); y: the key to maximise (a quality).
+        x: the key to minimise (a cost).
+        y: the key to maximise (a quality).
 
     Returns:
         The non-dominated rows themselves, sorted by ``x``.

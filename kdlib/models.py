@@ -29,7 +29,8 @@ def mlp(
     """
     if in_features <= 0 or out_features <= 0 or any(w <= 0 for w in hidden):
         raise ValueError(
-            f"layer widths must be positive, got {in_features}, {list(hidden)}, {out_features}"
+            f"layer widths must be positive, got in={in_features}, hidden={list(hidden)}, "
+            f"out={out_features}"
         )
     layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
     width = in_features

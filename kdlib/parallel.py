@@ -123,7 +123,9 @@ class MixedPrecision:
 
 
 def mixed_precision(amp: bool | str | None, device: torch.device) -> MixedPrecision:
-    """``False``: off. ``True``: float16 with a gradient scaler on CUDA, off elsewhere (one
+    """How training runs under an ``amp`` setting on ``device``.
+
+    ``False``: off. ``True``: float16 with a gradient scaler on CUDA, off elsewhere (one
     script runs on a laptop and on a GPU). ``"fp16"``: CUDA only. ``"bf16"``: float32's range, no
     scaler, CUDA or CPU. ``None``: ``$KDLIB_AMP`` (``0``, ``1``, ``fp16``, ``bf16``), else off.
     """

@@ -259,10 +259,13 @@ def distill_params(
     change also scales with ``lr`` and steps per epoch, so choose ``tol`` with both.
 
     Args:
-        student: an MLP (modified in place); teacher: the trained MLP (never modified).
+        student: an MLP (modified in place).
+        teacher: the trained MLP (never modified).
         data: the data set.
         strategy: a key of :data:`STRATEGIES`, or ``None`` if the student is already initialised.
-        epochs: the most epochs; lr: learning rate; T: temperature (> 0).
+        epochs: the most epochs.
+        lr: learning rate.
+        T: temperature (> 0).
         tol: stop when the relative parameter change over an epoch is below this (> 0).
         **distill_kwargs: passed on to :func:`kdlib.distill.distill` (``optimizer`` defaults to
             ``"sgd"``; ``callbacks``, ``seed``, ``progress``, ...).

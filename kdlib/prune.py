@@ -2,8 +2,11 @@
 
 A masked layer keeps ``weight_orig`` (a parameter) and ``weight_mask`` (a buffer); a forward
 pre-hook computes ``weight = weight_orig * weight_mask``, so masked weights stay zero in training.
-:func:`structured_prune` masks whole units; :func:`shrink` removes them from ``Linear → Linear``,
-``Conv → BatchNorm → Conv`` and ``Conv → Flatten → Linear`` chains in ``nn.Sequential`` models.
+Masking makes a model neither smaller nor faster: :func:`structured_prune` masks whole units and
+:func:`shrink` removes them from ``Linear → Linear``, ``Conv → BatchNorm → Conv`` and ``Conv →
+Flatten → Linear`` chains in ``nn.Sequential`` models. Arbitrary graphs (residual connections):
+Torch-Pruning. Also here: iterative pruning (Han et al. 2015), Zhu & Gupta's cubic schedule and a
+per-layer sensitivity scan.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ def _count(amount, size: int, what: str, units: str = "weights") -> int:
     k = int(amount) if whole else round(float(amount) * size)
     if k >= size and (size > 0 or units == "units"):  # a layer with nothing left computes nothing
         raise ValueError(
-            f"amount={amount} would prune all {size} remaining {units} of {what}; use less"
+            f"amount={amount} would prune all {size} remaining {units} of {what}, leaving "
+            f"nothing to compute with; {'keep at least one' if units == 'units' else 'use less'}"
         )
     return k
 
@@ -101,6 +105,7 @@ def magnitude_prune(
         model: the model (modified in place and returned).
         amount: fraction in [0, 1) or int count of the weights still unmasked (0.5 twice leaves
             25%); with ``scope="layer"`` also ``{layer: amount}`` (:meth:`Sensitivity.suggest`).
+            An amount that would mask every weight is refused.
         scope: ``"layer"``: each layer on its own (``l1_unstructured``); ``"global"``: all chosen
             layers together (``global_unstructured``).
         layers: layer names (default: every Linear/Conv).
@@ -341,9 +346,10 @@ def _follow(name: str, producer: nn.Module, rest) -> _Group | str | None:
         return f"layer {name!r} is a grouped convolution; {_TORCH_PRUNING}"
     norms, flat = [], False
     for next_name, m in rest:
-        fits_linear = isinstance(m, nn.Linear) and (
-            flat and m.in_features % units == 0 if conv else m.in_features == units
-        )
+        if conv:  # a conv's channels reach a Linear only through a Flatten: H·W inputs each
+            fits_linear = isinstance(m, nn.Linear) and flat and m.in_features % units == 0
+        else:
+            fits_linear = isinstance(m, nn.Linear) and m.in_features == units
         fits_conv = isinstance(m, nn.Conv2d) and conv and not flat
         fits_conv = fits_conv and m.groups == 1 and m.in_channels == units
         if isinstance(m, _BATCHNORM) and m.num_features == units and m.affine:
@@ -415,9 +421,12 @@ def _zero_rows(w: torch.Tensor) -> torch.Tensor:
 def shrink(model: nn.Module) -> nn.Sequential:
     """A new, smaller model computing the same outputs without its zero units (``model`` kept).
 
-    Each zero unit (Linear) or channel (Conv) leaves its layer and the next layer's inputs,
-    through BatchNorm, activations, pooling and a Flatten; zero units in a layer or chain it
-    cannot rebuild are refused, naming the module and its type.
+    Masks are made permanent on a copy; each zero unit (Linear) or channel (Conv) leaves its
+    layer and the next layer's inputs, through BatchNorm, activations, pooling and a Flatten.
+
+    Raises:
+        ValueError: zero units in a layer or chain it cannot rebuild (naming the module and its
+            type), or a layer that would lose every unit.
     """
     net = make_permanent(copy_pruned(model))
     for name, m in _leaves(net):
@@ -451,7 +460,8 @@ def shrink(model: nn.Module) -> nn.Sequential:
             for kept in [name, *(bn_name for bn_name, _ in g.batchnorms)]:
                 rows[kept] = keep
             # after a Flatten, channel c of (N, C, H, W) fills inputs c·H·W ... (c+1)·H·W − 1
-            cols[g.consumer] = (keep[:, None] * g.spatial + torch.arange(g.spatial)).flatten()
+            spatial = torch.arange(g.spatial, device=keep.device)
+            cols[g.consumer] = (keep[:, None] * g.spatial + spatial).flatten()
         for name, m in list(net.named_modules()):
             if name in rows or name in cols:
                 _set_module(net, name, _sliced(m, rows.get(name), cols.get(name)))
@@ -460,10 +470,11 @@ def shrink(model: nn.Module) -> nn.Sequential:
 
 def _resized(old: nn.Module, n_out: int, n_in: int | None = None) -> nn.Module:
     """A fresh layer configured like ``old`` with ``n_out`` outputs and ``n_in`` inputs."""
-    kw = dict(device=old.weight.device)
     if isinstance(old, _BATCHNORM):
+        kw = dict(device=old.weight.device, dtype=old.weight.dtype)
         return type(old)(n_out, old.eps, old.momentum, old.affine, old.track_running_stats, **kw)
-    kw.update(bias=old.bias is not None, dtype=old.weight.dtype)
+    if isinstance(old, (nn.Linear, nn.Conv2d)):
+        kw = dict(bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
     if isinstance(old, nn.Linear):
         return nn.Linear(n_in, n_out, **kw)
     if isinstance(old, nn.Conv2d) and old.groups == 1:
@@ -515,7 +526,8 @@ def iterative_prune(
     Args:
         model, data: a trained model (pruned in place) and the data to fine-tune on.
         target_sparsity: masked fraction of the chosen weights at the end, in [0, 1).
-        steps: prune → fine-tune cycles; finetune_epochs: epochs after each pruning step.
+        steps: prune → fine-tune cycles.
+        finetune_epochs: epochs after each pruning step.
         lr_scale: fine-tuning learning rate as a fraction of ``lr``.
         scope, layers: as in :func:`prune_to_sparsity`.
         seed, progress, fit_kwargs: passed on to :func:`kdlib.train.fit`.

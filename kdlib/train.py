@@ -48,7 +48,8 @@ def progress_default() -> bool:
 @dataclass
 class History:
     """One dict per epoch, plus how the run ended: ``history["test_acc"]`` is a column as a
-    list, ``history.last("test_acc")`` its final value."""
+    list, ``history.last("test_acc")`` its final value; ``info`` holds run-level facts (e.g.
+    ``{"teacher_logits": "cached"}``)."""
 
     rows: list[dict] = field(default_factory=list)  # one per epoch
     stop_reason: str = "max_epochs"  # "max_epochs", or what a callback reported
@@ -60,7 +61,9 @@ class History:
     def __len__(self) -> int:
         return len(self.rows)
 
-    epochs = property(__len__)
+    @property
+    def epochs(self) -> int:
+        return len(self.rows)
 
     @property
     def seconds(self) -> float:
@@ -206,7 +209,8 @@ def fit(
     Args:
         model: maps ``(N, *input_shape)`` to ``(N, num_classes)`` logits.
         data: the data set (moved to the training device if it is elsewhere).
-        epochs: passes over the training split (> 0); lr: learning rate (> 0).
+        epochs: passes over the training split (> 0).
+        lr: learning rate (> 0).
         loss_fn: ``loss_fn(model, X, y, idx) -> scalar`` (default: cross-entropy on labels),
             ``idx`` the batch's rows in ``data.X_train``. Call ``model`` for the forward (under
             ``torch.distributed`` it is the DDP wrapper that synchronises gradients).
@@ -216,8 +220,9 @@ def fit(
         callbacks: ``cb(model, history) -> reason or None`` after each epoch; a string stops
             training and becomes ``history.stop_reason``.
         history: continue this history (rows are appended).
-        **options: the fields of :class:`TrainConfig` (``batch_size``, ``optimizer``,
-            ``schedule``, ``augment``, ``device``, ``seed``, ``progress``, ``amp``, ...).
+        **options: the fields of :class:`TrainConfig`: ``batch_size``, ``optimizer``,
+            ``weight_decay``, ``schedule``, ``augment``, ``device``, ``seed``, ``progress``,
+            ``evaluate_every``, ``desc``, ``amp``.
 
     Returns:
         :class:`History` with ``epoch``, ``loss``, ``seconds`` and, when evaluated,

@@ -191,3 +191,20 @@ def test_no_record_and_a_missing_definition(tmp_path):
     assert replay_exercise("soften", tmp_path) is None
     record_exercise("soften", {}, tmp_path)
     assert "`soften` is not defined" in replay_exercise("soften", tmp_path)["message"]
+
+
+def test_memory_freed_during_a_call_is_not_taken_for_shared_memory():
+    # Replacing a weight's storage (as prune.remove does) frees the old memory; a tensor the
+    # call allocates later at that address must not be recorded as sharing another argument's.
+    from kdlib.course.record import _Encoder, _Recorder
+
+    def refresh(model):
+        for layer in model:
+            layer.weight.data = layer.weight.data * 1.0
+        return model
+
+    for _ in range(20):
+        recorder = _Recorder(refresh, _Encoder())
+        recorder(nn.Sequential(*(nn.Linear(64, 64) for _ in range(4))))
+        params = recorder.calls[0]["state"]["a0"]["params"]
+        assert not [name for name, item in params.items() if "alias" in item]

@@ -224,10 +224,14 @@ class _Recorder:
 
     def __call__(self, *args, **kwargs):
         leaves = _leaves(args, kwargs)
-        ptrs = {}
+        ptrs, alive = {}, []
         for path, x in leaves.items():
             if isinstance(x, torch.Tensor) and x.numel():
                 ptrs.setdefault(x.data_ptr(), path)
+                # Held until the call's state is recorded: memory the call frees (e.g.
+                # prune.remove replacing a weight's storage) could otherwise be reused at one
+                # of these addresses, and a new tensor there would look like an alias.
+                alive.append(x.untyped_storage())
         refs = {id(x): path for path, x in leaves.items()}
         call: dict = {}
         self.calls.append(call)
