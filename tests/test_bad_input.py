@@ -384,6 +384,7 @@ def test_teacher_that_is_not_a_module(data, teacher):
         ({"alpha": 2}, r"alpha must be a number in \[0, 1\]"),
         ({"lam": -1}, "lam must be a number >= 0"),
         ({"loss": "kl"}, "unknown loss 'kl'"),
+        ({"loss": ["kd"]}, r"unknown loss \['kd'\]; use one of 'kd'"),
         ({"loss": None}, "loss=None needs an extra_loss"),
         ({"teacher_logits": torch.zeros(3, 10)}, r"teacher_logits have shape \(3, 10\)"),
         ({"cache_teacher_logits": True, "augment": kdlib.course.random_shift(1)}, "with augment"),
@@ -566,6 +567,16 @@ def test_load_pruned_refuses_a_file_of_another_kind(tmp_path):
     snap = _snapshot(net)
     with pytest.raises(ValueError, match="not a file written by kdlib.save_pruned"):
         kdlib.load_pruned(net, tmp_path / "other.pt")
+    _assert_unchanged(net, snap)
+
+
+def test_load_pruned_refuses_a_smaller_layer_it_cannot_rebuild(tmp_path):
+    # an Embedding saved smaller: refused by its type (it has no bias to ask about)
+    path = _saved(tmp_path, nn.Sequential(nn.Embedding(5, 4), nn.Flatten(), nn.Linear(8, 2)))
+    net = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 2))
+    snap = _snapshot(net)
+    with pytest.raises(ValueError, match="cannot resize a Embedding layer"):
+        kdlib.load_pruned(net, path)
     _assert_unchanged(net, snap)
 
 

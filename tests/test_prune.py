@@ -253,6 +253,15 @@ def test_shrink_cnn_through_batchnorm_and_flatten(preset):
     torch.testing.assert_close(small(x), masked(x), rtol=1e-4, atol=1e-5)
 
 
+def test_shrink_keeps_the_dtype_of_every_layer():
+    net = _random_batchnorm_stats(kdlib.model("cnn-student", seed=0)).double().eval()
+    small = prune.shrink(prune.structured_prune(net, 0.5))
+    assert {p.dtype for p in small.parameters()} == {torch.float64}
+    assert {b.dtype for n, b in small.named_buffers() if "running" in n} == {torch.float64}
+    x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(small(x), net(x))
+
+
 def test_structured_prune_twice_and_count_amount():
     net = _mlp(hidden=(10, 8))
     prune.structured_prune(net, 4, layers=["fc1"])
