@@ -324,9 +324,9 @@ def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
 class _Group:
     """A layer whose units can be removed, its BatchNorms, and the layer that reads the units."""
 
-    producer: nn.Module
-    batchnorms: list[tuple[str, nn.Module]]
-    consumer: str
+    producer: nn.Module  # the Linear/Conv2d whose output units can go
+    batchnorms: list[tuple[str, nn.Module]]  # (name, module) between producer and consumer
+    consumer: str  # name of the layer that reads the units
     spatial: int  # consumer inputs per unit: H·W after a Flatten, else 1
 
 
@@ -397,9 +397,12 @@ def structured_prune(
     else:
         names = list(prunable_layers(model, layers))
     for n in names:
-        g = plan.get(n, f"layer {n!r} is not a Linear or Conv2d of the sequential chain")
-        if not isinstance(g, _Group):  # None: the output layer
-            raise ValueError(g or f"layer {n!r} is the output layer: its units are the outputs")
+        if n not in plan:
+            raise ValueError(f"layer {n!r} is not a Linear or Conv2d of the sequential chain")
+        if plan[n] is None:
+            raise ValueError(f"layer {n!r} is the output layer: its units are the outputs")
+        if isinstance(plan[n], str):  # why its units cannot be removed
+            raise ValueError(plan[n])
     chosen = {n: plan[n] for n in names}
     for n, g in chosen.items():
         _count(amount, int(_mask(g.producer).flatten(1).any(1).sum()), f"layer {n!r}", "units")
