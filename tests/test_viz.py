@@ -1,12 +1,8 @@
 """kdlib.course.viz: what the plots draw, read back from the matplotlib objects."""
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-
-import kdlib  # noqa: E402
+import kdlib
 
 
 def test_pareto_draws_every_row_and_the_front_as_a_staircase():

@@ -1,16 +1,13 @@
 """Distillation widgets and plots (notebooks 02-05), driven without a browser."""
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import kdlib  # noqa: E402
-from kdlib.course import viz, widgets  # noqa: E402
-from kdlib.course.sweeps import DistillSweep  # noqa: E402
-from kdlib.train import History  # noqa: E402
+import kdlib
+from kdlib.course import viz, widgets
+from kdlib.course.sweeps import DistillSweep
+from kdlib.train import History
 
 CLASSES = [str(i) for i in range(10)]
 
@@ -159,4 +156,4 @@ def test_plots_draw_what_they_are_given():
     assert list(ax.lines[0].get_ydata()) == pytest.approx([40, 50, 60])
     ax = viz.grid_heatmap({(0, 1): 0.5, (0, 2): 0.6}, [0], [1, 2], "r", "c", mark=(0, 2))
     assert ax.images[0].get_array().tolist() == [[50.0, 60.0]]
-    matplotlib.pyplot.close("all")
+    plt.close("all")

@@ -1,16 +1,12 @@
 """The pruning widgets and plots, driven without a browser: set a control, read what it shows."""
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import kdlib  # noqa: E402
-from kdlib import prune  # noqa: E402
-from kdlib.course import viz, widgets  # noqa: E402
+import kdlib
+from kdlib import prune
+from kdlib.course import viz, widgets
 
 
 @pytest.fixture(scope="module")

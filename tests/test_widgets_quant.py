@@ -1,17 +1,13 @@
 """The quantization explorer and its plot, driven without a browser: set a control, read what
 it shows, against kdlib.quant computed here."""
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import kdlib  # noqa: E402
-from kdlib import quant  # noqa: E402
-from kdlib.course import viz, widgets  # noqa: E402
+import kdlib
+from kdlib import quant
+from kdlib.course import viz, widgets
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ __all__ = ["RECIPES", "Recipe", "train_preset", "trained_teacher", "DistillSweep
 __all__ += ["distill_sweep", "sparsity_sweep", "random_shift"]
 
 _SUBMODULES = {
-    "checks", "exercises", "grade", "notebooks", "record", "recipes", "results", "run",
-    "sandbox", "sweeps", "viz", "widgets",
+    "checks", "exercises", "grade", "notebooks", "record", "results", "run", "sandbox", "viz",
+    "widgets",
 }  # fmt: skip
 
 

@@ -179,6 +179,11 @@ def _describe_exception(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".strip(": ")
 
 
+def _if_name_error(hint: str) -> Callable[[BaseException], str | None]:
+    """A ``raised_hint`` for :func:`_run`: ``hint`` when the learner's code hit a NameError."""
+    return lambda e: hint if isinstance(e, NameError) else None
+
+
 def _run(
     exercise: str,
     fn,
@@ -1065,11 +1070,7 @@ def check_distill_epoch(fn: Callable, *, quiet: bool = False, seed: int = 0) -> 
         cases,
         _KD_LOOP_HINT,
         quiet,
-        raised_hint=lambda e: (
-            "define kd_loss above (Exercise 2) and run its cell first"
-            if isinstance(e, NameError)
-            else None
-        ),
+        raised_hint=_if_name_error("define kd_loss above (Exercise 2) and run its cell first"),
     )
 
 
@@ -1680,11 +1681,7 @@ def check_hint_stage(fn: Callable, *, quiet: bool = False, seed: int = 0) -> Che
         cases,
         _HINT_STAGE_HINT,
         quiet,
-        raised_hint=lambda e: (
-            "define hint_loss above (Exercise 3) and run its cell first"
-            if isinstance(e, NameError)
-            else None
-        ),
+        raised_hint=_if_name_error("define hint_loss above (Exercise 3) and run its cell first"),
     )
 
 
@@ -2004,10 +2001,8 @@ def check_prune_finetune(fn: Callable, *, quiet: bool = False, seed: int = 0) ->
         cases,
         _PRUNE_LOOP_HINT,
         quiet,
-        raised_hint=lambda e: (
+        raised_hint=_if_name_error(
             "`prune` is torch.nn.utils.prune: import torch.nn.utils.prune as prune"
-            if isinstance(e, NameError)
-            else None
         ),
     )
 
@@ -2485,10 +2480,6 @@ def check_fake_quant(fn: Callable, *, quiet: bool = False, seed: int = 0) -> Che
                 ),
                 (
                     _equals(lambda: torch.clamp(r + z, qmin, qmax)),
-                    "that is the integer code q; return the float x̂ = scale · (q − zero_point)",
-                ),
-                (
-                    _equals(lambda: torch.clamp(r + z, qmin, qmax).round()),
                     "that is the integer code q; return the float x̂ = scale · (q − zero_point)",
                 ),
                 *(

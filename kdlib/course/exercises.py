@@ -18,6 +18,8 @@ import re
 import sys
 from pathlib import Path
 
+from ..validate import atomic_path
+
 __all__ = [
     "EXERCISES_DIR",
     "strip_solutions",
@@ -176,9 +178,8 @@ def generate(source_dir: Path | None = None, student_dir: Path | None = None) ->
     for src, dst in _pairs(source_dir, student_dir):
         text = _expected(src)
         if not dst.exists() or dst.read_text(encoding="utf-8") != text:
-            tmp = dst.with_name(f".{dst.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(dst)  # atomic: a reader never sees half a notebook
+            with atomic_path(dst) as tmp:  # a reader never sees half a notebook
+                tmp.write_text(text, encoding="utf-8")
             written.append(dst)
     return written
 

@@ -52,6 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..validate import atomic_path
 from . import sandbox
 from .checks import EXERCISES
 from .exercises import EXERCISES_DIR
@@ -404,9 +405,8 @@ def _inside(spec_json: str) -> int:
     nb = nbformat.read(job / "in" / spec["name"], as_version=4)
     report = _execute(nb, spec["exercises"], job / "work", job / "out", spec)
     report["cpu_seconds"] = _cpu_seconds()  # the runner and its (finished) kernel
-    tmp = job / "out" / ".run.json.part"
-    tmp.write_text(json.dumps(report), encoding="utf-8")
-    os.replace(tmp, job / "out" / "run.json")
+    with atomic_path(job / "out" / "run.json") as tmp:
+        tmp.write_text(json.dumps(report), encoding="utf-8")
     return 0
 
 
@@ -914,50 +914,42 @@ def write_report(rows: Sequence[Submission], path: str | os.PathLike, wall_secon
     if suffix not in (".json", ".csv"):
         raise ValueError(f"report must end in .json or .csv, got {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            if suffix == ".json":
-                report = {
-                    "submissions": [asdict(r) for r in rows],
-                    "students": students(rows),
-                    "leaderboard": leaderboard(rows),
-                    "wall_seconds": round(wall_seconds, 2),
-                    "sandbox": sandbox.isolation()[1],
-                }
-                json.dump(report, f, indent=1, ensure_ascii=False)
-                f.write("\n")
-            else:
-                ids = [
-                    i for i in EXERCISES if any(e.exercise == i for r in rows for e in r.exercises)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        if suffix == ".json":
+            report = {
+                "submissions": [asdict(r) for r in rows],
+                "students": students(rows),
+                "leaderboard": leaderboard(rows),
+                "wall_seconds": round(wall_seconds, 2),
+                "sandbox": sandbox.isolation()[1],
+            }
+            json.dump(report, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+        else:
+            ids = [i for i in EXERCISES if any(e.exercise == i for r in rows for e in r.exercises)]
+            board = leaderboard(rows)
+            writer = csv.writer(f)
+            writer.writerow(
+                [
+                    "path",
+                    "student",
+                    "notebook",
+                    "score",
+                    "maximum",
+                    *ids,
+                    *(_BOARD_COLUMNS if board else ()),
+                    "problems",
+                    "seconds",
                 ]
-                board = leaderboard(rows)
-                writer = csv.writer(f)
+            )
+            for r in rows:
+                points = {e.exercise: e.points for e in r.exercises}
                 writer.writerow(
-                    [
-                        "path",
-                        "student",
-                        "notebook",
-                        "score",
-                        "maximum",
-                        *ids,
-                        *(_BOARD_COLUMNS if board else ()),
-                        "problems",
-                        "seconds",
-                    ]
+                    [r.path, r.student, r.notebook or "", r.score, r.maximum]
+                    + [points.get(i, "") for i in ids]
+                    + (_board_cells(board, r) if board else [])
+                    + [" | ".join(r.problems), round(r.seconds, 2)]
                 )
-                for r in rows:
-                    points = {e.exercise: e.points for e in r.exercises}
-                    writer.writerow(
-                        [r.path, r.student, r.notebook or "", r.score, r.maximum]
-                        + [points.get(i, "") for i in ids]
-                        + (_board_cells(board, r) if board else [])
-                        + [" | ".join(r.problems), round(r.seconds, 2)]
-                    )
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
     return path
 
 

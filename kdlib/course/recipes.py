@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -195,11 +194,9 @@ def _save_cached(path: Path, net: nn.Module, hist: History) -> None:
     """Write the teacher atomically: a reader never sees half a file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        torch.save({"state_dict": state, "history": json.dumps(hist.rows)}, tmp)
-        os.replace(tmp, path)
+        with V.atomic_path(path) as tmp:
+            torch.save({"state_dict": state, "history": json.dumps(hist.rows)}, tmp)
     except OSError:
         pass  # a read-only cache only costs time, never correctness
 

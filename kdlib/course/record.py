@@ -26,7 +26,6 @@ from __future__ import annotations
 import builtins
 import inspect
 import json
-import os
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from ..validate import atomic_path
 
 __all__ = ["record_exercise", "replay_exercise", "RecordError"]
 
@@ -190,7 +191,7 @@ def _leaves(args: tuple, kwargs: dict) -> dict[str, object]:
     return found
 
 
-def _state(enc: _Encoder, leaves: dict[str, object], before_ptrs: dict[int, str]) -> dict:
+def _state(enc: _Encoder, leaves: dict[str, object], before_ptrs: dict[int, tuple]) -> dict:
     """What a call left in its arguments: tensor values; for modules their parameters (with
     sharing and gradients), buffers (batch-norm statistics, pruning masks) and train/eval
     modes. Training loops are checked on all of these."""
@@ -200,7 +201,7 @@ def _state(enc: _Encoder, leaves: dict[str, object], before_ptrs: dict[int, str]
             params = {}
             for name, p in x.named_parameters():
                 item = enc.tensor(p)
-                other = before_ptrs.get(p.data_ptr())
+                other = before_ptrs.get(p.data_ptr(), (None,))[0]
                 # torch.nn.utils.prune renames `weight` to `weight_orig`: the same tensor
                 renamed = f"{path}.{name.removesuffix('_orig')}"
                 if other is not None and other not in (f"{path}.{name}", renamed) and p.numel():
@@ -224,14 +225,13 @@ class _Recorder:
 
     def __call__(self, *args, **kwargs):
         leaves = _leaves(args, kwargs)
-        ptrs, alive = {}, []
+        # address -> (path, storage): holding the storage keeps the address valid while the
+        # call runs; memory it frees (prune.remove replaces a weight's storage) could otherwise
+        # be reused there, and a new tensor at that address would look like an alias
+        ptrs = {}
         for path, x in leaves.items():
             if isinstance(x, torch.Tensor) and x.numel():
-                ptrs.setdefault(x.data_ptr(), path)
-                # Held until the call's state is recorded: memory the call frees (e.g.
-                # prune.remove replacing a weight's storage) could otherwise be reused at one
-                # of these addresses, and a new tensor there would look like an alias.
-                alive.append(x.untyped_storage())
+                ptrs.setdefault(x.data_ptr(), (path, x.untyped_storage()))
         refs = {id(x): path for path, x in leaves.items()}
         call: dict = {}
         self.calls.append(call)
@@ -288,13 +288,10 @@ def record_exercise(exercise_id: str, namespace: Mapping[str, object], out_dir) 
             except Exception as e:  # the checker itself failed: the replay will say so
                 record["checker_error"] = repr(e)[:500]
             record["calls"] = recorder.calls
-    tmp = out_dir / f".{exercise_id}.npz.part"
-    with open(tmp, "wb") as f:
+    with atomic_path(out_dir / f"{exercise_id}.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, **enc.arrays)
-    os.replace(tmp, out_dir / f"{exercise_id}.npz")
-    tmp = out_dir / f".{exercise_id}.json.part"
-    tmp.write_text(json.dumps(record), encoding="utf-8")
-    os.replace(tmp, out_dir / f"{exercise_id}.json")
+    with atomic_path(out_dir / f"{exercise_id}.json") as tmp:
+        tmp.write_text(json.dumps(record), encoding="utf-8")
 
 
 # ============================================================================================

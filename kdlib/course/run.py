@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from .. import parallel
 from ..data import load
 from ..models import model as build_model
 from ..train import History, fit
+from ..validate import atomic_path
 
 __all__ = ["RunConfig", "load_config", "main"]
 
@@ -146,17 +146,10 @@ def _save(cfg: RunConfig, command: str, student: nn.Module, history: History) ->
         "info": {k: v for k, v in history.info.items() if isinstance(v, (int, float, str))},
     }
     state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
-    for name, write in (
-        ("student.pt", lambda f: torch.save(state, f)),
-        ("history.json", lambda f: f.write(json.dumps(record, indent=1).encode())),
-    ):
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-            os.replace(tmp, out / name)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+    with atomic_path(out / "student.pt") as tmp:
+        torch.save(state, tmp)
+    with atomic_path(out / "history.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> tuple[nn.Module, History]:

@@ -1,0 +1,5 @@
+"""The tests draw their plots off screen, whatever backend MPLBACKEND names."""
+
+import matplotlib
+
+matplotlib.use("Agg")
