@@ -147,7 +147,6 @@ class FeatureCapture:
         return bool(self._handles)
 
 
-@torch.no_grad()
 def get_features(
     model: nn.Module, X: Tensor, names: str | Sequence[str], batch_size: int = 1000
 ) -> dict[str, Tensor]:
@@ -160,14 +159,23 @@ def get_features(
         >>> get_features(teacher, data.X_test[:8], ["stage2"])["stage2"].shape
         torch.Size([8, 32, 7, 7])
     """
+    return _features_and_outputs(model, X, names, batch_size)[0]
+
+
+@torch.no_grad()
+def _features_and_outputs(model: nn.Module, X: Tensor, names, batch_size: int = 1000):
+    """:func:`get_features` and, from the same forwards, the outputs (``None`` unless tensors)."""
     dev = V.device_of(model, X.device)
     chunks: dict[str, list[Tensor]] = {}
+    outputs = []
     with V.eval_mode(model), FeatureCapture(model, names, detach=True) as cap:
         for i in range(0, len(X), batch_size):
-            model(X[i : i + batch_size].to(dev))
+            outputs.append(model(X[i : i + batch_size].to(dev)))
             for name in cap.names:
                 chunks.setdefault(name, []).append(cap.features[name])
-    return {name: torch.cat(parts) for name, parts in chunks.items()}
+    features = {name: torch.cat(parts) for name, parts in chunks.items()}
+    tensors = all(isinstance(z, Tensor) for z in outputs)
+    return features, torch.cat(outputs) if outputs and tensors else None
 
 
 def attention_maps(
@@ -361,11 +369,12 @@ def distill_features(
     )  # fmt: skip
     desc = distill_kwargs.pop("desc", "features")
     common = dict(device=dev, history=history, cache_teacher_logits=cache, **distill_kwargs)
-    seconds = {"features": 0.0, "logits": 0.0}
     with frozen(teacher), FeatureCapture(student, s_names, role="student") as cap_s:
-        t0 = time.perf_counter()
-        cached = get_features(teacher, data.X_train, t_names) if cache else None
-        seconds["features"] = time.perf_counter() - t0 if cache else 0.0
+        t0, cached, z_t = time.perf_counter(), None, None
+        if cache:  # one pass of the teacher gives its features and logits
+            cached, z_t = _features_and_outputs(teacher, data.X_train, t_names)
+        common["teacher_logits"] = distill_kwargs.get("teacher_logits", z_t)
+        cache_seconds = [time.perf_counter() - t0 if cache else 0.0]
         cap_t = None if cache else FeatureCapture(teacher, t_names, detach=True, role="teacher")
 
         def feature_term(b: DistillBatch) -> Tensor:
@@ -378,7 +387,7 @@ def distill_features(
         def stage(name: str, logit_loss, n: int, desc: str, **kwargs) -> None:
             start = len(history)
             distill(student, teacher, data, logit_loss, n, lr, desc=desc, **common, **kwargs)
-            seconds["logits"] += history.info.get("cache_seconds", 0.0)
+            cache_seconds.append(history.info.get("cache_seconds", 0.0))
             for row in history.rows[start:]:
                 row["stage"] = name
 
@@ -398,8 +407,7 @@ def distill_features(
                     extra_modules=extra_modules, params=params,
                 )  # fmt: skip
                 stage("kd", "kd", epochs, f"{desc} (KD)")
-    secs = seconds["features"]
-    history.info.update(feature_cache_seconds=secs, cache_seconds=secs + seconds["logits"])
+    history.info["cache_seconds"] = sum(cache_seconds)
     return history
 
 

@@ -17,8 +17,8 @@ from torch import nn
 from . import validate as V
 from .data import Dataset
 from .distill import distill
-from .metrics import agreement, mean_kl
-from .train import History, evaluate, predict
+from .metrics import accuracy, agreement, mean_kl
+from .train import History, predict
 
 __all__ = ["STRATEGIES", "inherit", "low_rank", "distill_params", "param_change", "layer_map"]
 
@@ -287,7 +287,7 @@ def distill_params(
     history = History(info={"strategy": strategy, "tol": tol})
     z_t = predict(teacher, data.X_test)
     z_s = predict(student, data.X_test.to(z_t.device))
-    history.info["init_acc"] = evaluate(student, data)["accuracy"]
+    history.info["init_acc"] = accuracy(z_s, data.y_test)
     history.info.update(init_agreement=agreement(z_s, z_t), init_kl=mean_kl(z_s, z_t))
     before = _flat(student)
 

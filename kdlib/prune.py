@@ -669,8 +669,7 @@ class Sensitivity:
         Each layer's accuracy drop against weights removed is made monotone and convex (its lower
         hull); with drops taken as additive, the cheapest hull segments per weight go first.
         """
-        if not 0 <= target_sparsity < 1:
-            raise ValueError(f"target_sparsity must be in [0, 1), got {target_sparsity!r}")
+        V.number("target_sparsity", target_sparsity, 0, 1, open_high=True)
         segments = []  # (drop per weight removed, layer, weights removed by the segment)
         for name, n in self.sizes.items():
             removed = np.array([0.0, *self.amounts]) * n

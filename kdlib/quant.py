@@ -187,8 +187,9 @@ def dequantize(q: torch.Tensor, scale, zero_point) -> torch.Tensor:
         >>> dequantize(torch.tensor([-64, 32, 127]), 2 / 127.5, 0).tolist()[1]
         0.501960813999176
     """
-    _check_qparams(q.float() if torch.is_tensor(q) else q, scale, zero_point)
-    return (q.to(torch.float32) - zero_point) * scale
+    q = q.to(torch.float32) if torch.is_tensor(q) else q
+    _check_qparams(q, scale, zero_point)
+    return (q - zero_point) * scale
 
 
 def fake_quantize(

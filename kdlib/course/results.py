@@ -829,15 +829,18 @@ def summary_runs(
     epochs: int = SUMMARY_EPOCHS,
     methods: Sequence[SummaryMethod] | None = None,
     log: Callable[[str], None] | None = None,
+    teacher_test: torch.Tensor | None = None,
 ) -> tuple[dict[str, list[Run]], dict[str, tuple[int, int]]]:
-    """Build and train every summary method for every seed (the teacher is not modified).
+    """Build and train every summary method for every seed (the teacher is not modified);
+    ``teacher_test``: the teacher's test logits, if the caller has them.
 
     Returns:
         ``(runs, sizes)``: the runs per method name, and each method's ``(nonzero
         parameters, bytes)`` after training.
     """
     methods = list(methods) if methods is not None else summary_methods()
-    teacher_test = predict(teacher, data.X_test)  # the teacher's test logits, once
+    if teacher_test is None:
+        teacher_test = predict(teacher, data.X_test)  # the teacher's test logits, once
     runs: dict[str, list[Run]] = {}
     sizes: dict[str, tuple[int, int]] = {}
     for m in methods:
@@ -900,8 +903,9 @@ def course_summary(
         ``n`` (number of seeds; 0 for the teacher row, which is not trained here).
     """
     teacher = teacher if teacher is not None else trained_teacher(data)
-    runs, sizes = summary_runs(data, teacher, seeds, epochs, methods, log)
-    t_acc = evaluate(teacher, data)["accuracy"]
+    teacher_test = predict(teacher, data.X_test)
+    runs, sizes = summary_runs(data, teacher, seeds, epochs, methods, log, teacher_test)
+    t_acc = accuracy(teacher_test, data.y_test)
     rows = [
         {
             "method": "teacher (cnn-teacher)",
@@ -932,12 +936,12 @@ def course_summary(
             }
         )
     chosen = _int8_methods(runs) if int8 is None else list(int8)
-    teacher_test = predict(teacher, data.X_test)
     for name in chosen:
         if name not in runs:
             raise ValueError(f"int8: no summary method {name!r}; methods: {', '.join(runs)}")
         qs = [quant.static_int8(r.student, data.X_train[:CALIBRATION]) for r in runs[name]]
-        accs = [evaluate(q, data)["accuracy"] for q in qs]
+        logits = [predict(q, data.X_test) for q in qs]  # each int8 model runs once
+        accs = [accuracy(z, data.y_test) for z in logits]
         acc, std = _mean_std(accs)
         rows.append(
             {
@@ -948,7 +952,7 @@ def course_summary(
                 "accuracy": acc,
                 "accuracy_std": std,
                 "per_seed": {r.seed: a for r, a in zip(runs[name], accs, strict=True)},
-                "agreement": statistics.fmean(agreement(q, teacher_test, data.X_test) for q in qs),
+                "agreement": statistics.fmean(agreement(z, teacher_test) for z in logits),
                 "n": len(qs),
             }
         )
@@ -1304,6 +1308,7 @@ def qat_runs(
         ``{"labels only": [acc per seed], "soft targets + labels": [acc per seed]}``.
     """
     out: dict[str, list[float]] = {"labels only": [], "soft targets + labels": []}
+    teacher_logits = predict(teacher, data.X_train)  # the teacher runs once for every seed
     for seed in seeds:
         for how in out:
             student = quant.prepare_qat(build_model(QUANT_MLP, seed=seed), bits)
@@ -1312,7 +1317,7 @@ def qat_runs(
             else:
                 distill(
                     student, teacher, data, "kd", epochs, lr=QAT_LR, T=T, alpha=alpha,
-                    seed=seed, progress=False,
+                    teacher_logits=teacher_logits, seed=seed, progress=False,
                 )  # fmt: skip
             real = quant.convert_qat(student, bits)
             out[how].append(evaluate(real, data)["accuracy"])
