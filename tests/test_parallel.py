@@ -249,3 +249,21 @@ def test_only_rank_zero_prints(two_process_run):
     _, stdout = two_process_run
     assert stdout.count("fit tiny on mnist-5k (256 train): 2 process(es) on cpu") == 1
     assert stdout.count("distill tiny on mnist-5k (256 train): 2 process(es) on cpu") == 1
+
+
+def test_run_distill_refuses_a_student_as_large_as_its_teacher(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    checkpoint = tmp_path / "teacher.pt"
+    torch.save(kdlib.model("tiny").state_dict(), checkpoint)
+    argv = ["distill", "--model", "lenet-300-100", "--teacher", "tiny", "--teacher_checkpoint",
+            str(checkpoint), "--n_train", "64", "--n_test", "32", "--device", "cpu",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    with pytest.raises(ValueError, match="266,610 parameters and the teacher 25,450"):
+        run.main(argv)
+    assert not (tmp_path / "out").exists()  # refused before training, nothing written
+
+
+def test_run_defaults_distill_into_a_smaller_student():
+    cfg = run.RunConfig()
+    student, teacher = kdlib.model(cfg.model), kdlib.model(cfg.teacher)
+    assert kdlib.count_params(teacher) > kdlib.count_params(student)

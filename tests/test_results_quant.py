@@ -18,8 +18,16 @@ def short():
     return data, teacher.eval()
 
 
-def test_qat_runs_one_accuracy_per_seed_and_leave_the_teacher_alone(short):
-    data, teacher = short
+@pytest.fixture(scope="module")
+def mlp_teacher(short):
+    data, _ = short
+    teacher = kdlib.model(results.QAT_TEACHER, seed=0)
+    kdlib.fit(teacher, data, epochs=1, lr=1e-3, seed=0, progress=False)
+    return teacher.eval()
+
+
+def test_qat_runs_one_accuracy_per_seed_and_leave_the_teacher_alone(short, mlp_teacher):
+    data, teacher = short[0], mlp_teacher
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     runs = results.qat_runs(data, teacher, seeds=(0, 1), bits=4, epochs=1)
     assert list(runs) == ["labels only", "soft targets + labels"]
@@ -27,6 +35,12 @@ def test_qat_runs_one_accuracy_per_seed_and_leave_the_teacher_alone(short):
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     again = results.qat_runs(data, teacher, seeds=(0,), bits=4, epochs=1)
     assert again["labels only"][0] == runs["labels only"][0]  # seeded
+
+
+def test_qat_runs_refuse_a_teacher_smaller_than_the_student(short):
+    data, cnn_teacher = short  # 105,962 parameters, the student 266,610
+    with pytest.raises(ValueError, match="compresses nothing"):
+        results.qat_runs(data, cnn_teacher, seeds=(0,), epochs=1)
 
 
 def test_quant_pipeline_stages_shrink_and_measure_what_they_report(short):
@@ -64,17 +78,21 @@ def test_quant_section_from_the_command_line(capsys, monkeypatch, tmp_path, shor
     data, _ = short
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path))
     monkeypatch.setattr(results, "load", lambda name: data)
-    for preset in ("cnn-teacher", results.QUANT_MLP):
+    for preset in ("cnn-teacher", results.QUANT_MLP, results.QAT_TEACHER):
         quick = dataclasses.replace(results.RECIPES[preset], epochs=1)
         monkeypatch.setitem(results.RECIPES, preset, quick)
     monkeypatch.setattr(results, "QAT_EPOCHS", 1)
     monkeypatch.setattr(results, "SUMMARY_EPOCHS", 1)
-    monkeypatch.setattr(results, "compare_latency", lambda m, *a, **k: dict.fromkeys(m, 1.0))
+    calls = iter(range(1, 1000))  # every measurement slower than the last: ratios vary
+    monkeypatch.setattr(results, "compare_latency", lambda m, *a, **k: {n: next(calls) for n in m})
     monkeypatch.setattr(quant, "compiled", lambda m, x: m)  # no compiling in a unit test
     assert results.main(["quant", "--seeds", "0", "1"]) == 0
     out = capsys.readouterr().out
     assert "| cnn-teacher | static int8, calibrated |" in out
     assert f"| {results.QUANT_MLP} | dynamic int8 |" in out
-    assert "| cnn-teacher, both compiled (oneDNN int8) | 1.00x | 1.00x |" in out
+    # six models per call, batch 1 then 256, three times: the third pair at batch 1 is models
+    # 5/6, 17/18, 29/30 (0.833, 0.944, 0.967), at batch 256 11/12, 23/24, 35/36
+    assert "| cnn-teacher, both compiled (oneDNN int8) | 0.83–0.97x | 0.92–0.97x |" in out
+    assert f"teacher {results.QAT_TEACHER}, 9.0x the student's parameters" in out
     assert "| soft targets + labels |" in out and "per seed" in out
     assert "| pruned + distilled + int8 |" in out

@@ -39,6 +39,7 @@ from .. import quant
 from ..data import Dataset, load
 from ..distill import distill
 from ..features import BETA_DEFAULTS, distill_features
+from ..guards import assert_smaller
 from ..metrics import (
     accuracy,
     agreement,
@@ -1287,6 +1288,8 @@ def _splits_section(args: argparse.Namespace) -> str:
 # --------------------------------------------------------------------------------------------
 # quant section: PTQ of the teacher and of an MLP, QAT with and without KD, the pipeline
 QUANT_MLP = "lenet-300-100"  # the MLP of dynamic int8 and of the QAT rows
+QAT_TEACHER = KD_TEACHER  # soft targets of the QAT rows: an MLP nine times the student
+LATENCY_REPEATS = 3  # the latency ratios are a range over this many measurements
 QAT_BITS = 4  # weight bits of quantization-aware training
 QAT_EPOCHS = 5  # epochs of each QAT run (from random weights, Adam)
 QAT_LR = 1e-3  # their learning rate
@@ -1303,10 +1306,12 @@ def qat_runs(
 ) -> dict[str, list[float]]:
     """Test accuracy of ``bits``-bit QAT students (:data:`QUANT_MLP`), after conversion to
     real low-bit weights, trained on labels only or on ``teacher``'s soft targets + labels.
+    ``teacher`` must have more parameters than the student (:func:`kdlib.guards.assert_smaller`).
 
     Returns:
         ``{"labels only": [acc per seed], "soft targets + labels": [acc per seed]}``.
     """
+    assert_smaller(build_model(QUANT_MLP), teacher)
     out: dict[str, list[float]] = {"labels only": [], "soft targets + labels": []}
     teacher_logits = predict(teacher, data.X_train)  # the teacher runs once for every seed
     for seed in seeds:
@@ -1363,17 +1368,24 @@ def quant_pipeline(
 
 
 def _latency_ratios(pairs: dict[str, tuple[nn.Module, nn.Module]], input_shape) -> dict:
-    """``{name: {batch: quantized / float seconds}}`` for (quantized, float) pairs, all timed
-    in turns in one run per batch size."""
+    """``{name: {batch: [quantized / float seconds, one per repeat]}}`` for (quantized, float)
+    pairs: :data:`LATENCY_REPEATS` measurements, each timing every model in turns."""
     models = {}
     for name, (q, f) in pairs.items():
         models[f"{name} q"], models[f"{name} f"] = q, f
-    out: dict[str, dict[int, float]] = {name: {} for name in pairs}
-    for batch in (1, LATENCY_BATCH):
-        t = compare_latency(models, input_shape, batch, rounds=5)
-        for name in pairs:
-            out[name][batch] = t[f"{name} q"] / t[f"{name} f"]
+    out: dict[str, dict[int, list[float]]] = {n: {1: [], LATENCY_BATCH: []} for n in pairs}
+    for _ in range(LATENCY_REPEATS):
+        for batch in (1, LATENCY_BATCH):
+            t = compare_latency(models, input_shape, batch, rounds=5)
+            for name in pairs:
+                out[name][batch].append(t[f"{name} q"] / t[f"{name} f"])
     return out
+
+
+def _span(ratios: Sequence[float]) -> str:
+    """``"1.53–1.65x"``: the range of repeated ratios (one value when they agree)."""
+    lo, hi = f"{min(ratios):.2f}", f"{max(ratios):.2f}"
+    return f"{lo}x" if lo == hi else f"{lo}–{hi}x"
 
 
 def _quant_section(args: argparse.Namespace) -> str:
@@ -1381,7 +1393,6 @@ def _quant_section(args: argparse.Namespace) -> str:
     data = load(args.dataset)
     seeds = tuple(args.seeds)
     teacher = trained_teacher(data)
-    t_acc = evaluate(teacher, data)["accuracy"]
     t_int8 = quant.static_int8(teacher, data.X_train[:CALIBRATION])
     mlp = trained_teacher(data, preset=QUANT_MLP)
     mlp_int8 = quant.dynamic_int8(mlp)
@@ -1420,17 +1431,21 @@ def _quant_section(args: argparse.Namespace) -> str:
     out += [
         "",
         f"Latency of the int8 model over its float32 model's, {torch.get_num_threads()} "
-        "threads, timed in turns in one run:",
+        f"threads, timed in turns; the range of {LATENCY_REPEATS} measurements in one run (other "
+        "machines and loads give other ratios):",
         "",
         f"| model | batch 1 | batch {LATENCY_BATCH} |",
         "| --- | --- | --- |",
-        *(f"| {n} | {r[1]:.2f}x | {r[LATENCY_BATCH]:.2f}x |" for n, r in ratios.items()),
+        *(f"| {n} | {_span(r[1])} | {_span(r[LATENCY_BATCH])} |" for n, r in ratios.items()),
     ]
-    qat = qat_runs(data, teacher, seeds)
+    qat_teacher = trained_teacher(data, preset=QAT_TEACHER)
+    qat = qat_runs(data, qat_teacher, seeds)
+    ratio = count_params(qat_teacher) / count_params(build_model(QUANT_MLP))
     out += [
         "",
         f"{QAT_BITS}-bit quantization-aware training of {QUANT_MLP} ({QAT_EPOCHS} epochs, "
-        f"Adam lr {QAT_LR:g}, from random weights; teacher cnn-teacher at {100 * t_acc:.1f}%), "
+        f"Adam lr {QAT_LR:g}, from random weights; teacher {QAT_TEACHER}, {ratio:.1f}x the "
+        f"student's parameters, at {100 * evaluate(qat_teacher, data)['accuracy']:.1f}%), "
         f"test accuracy of the converted {QAT_BITS}-bit model, "
         f"seeds {', '.join(map(str, seeds))}:",
         "",
@@ -1450,20 +1465,26 @@ def _quant_section(args: argparse.Namespace) -> str:
         how = "all compiled"
     except Exception:
         how = "eager (int8 simulated)"
-    lat = {b: compare_latency(timed, data.input_shape, b, rounds=5) for b in (1, LATENCY_BATCH)}
     base = rows[0]["stage"]
+    lat = {b: {n: [] for n in timed} for b in (1, LATENCY_BATCH)}
+    for _ in range(LATENCY_REPEATS):
+        for b in lat:
+            t = compare_latency(timed, data.input_shape, b, rounds=5)
+            for n in timed:
+                lat[b][n].append(t[n] / t[base])
     out += [
         "",
         f"Prune → distill → quantize (seed {seeds[0]}; keep {SUMMARY_KEEP:.0%} of the units, "
-        f"{SUMMARY_EPOCHS} epochs of KD, static int8; latency {how}, over the teacher's):",
+        f"{SUMMARY_EPOCHS} epochs of KD, static int8; latency {how}, over the teacher's, the "
+        f"range of {LATENCY_REPEATS} measurements):",
         "",
         f"| stage | parameters | bytes on disk | accuracy (%) | latency batch 1 "
         f"| latency batch {LATENCY_BATCH} |",
         "| --- | --- | --- | --- | --- | --- |",
         *(
             f"| {r['stage']} | {r['parameters']:,} | {r['bytes']:,} | "
-            f"{100 * r['accuracy']:.1f} | {lat[1][r['stage']] / lat[1][base]:.2f}x | "
-            f"{lat[LATENCY_BATCH][r['stage']] / lat[LATENCY_BATCH][base]:.2f}x |"
+            f"{100 * r['accuracy']:.1f} | {_span(lat[1][r['stage']])} | "
+            f"{_span(lat[LATENCY_BATCH][r['stage']])} |"
             for r in rows
         ),
         "",

@@ -42,7 +42,7 @@ class RunConfig:
     n_train: int | None = None  # keep the first n_train training examples (None: all)
     n_test: int | None = None  # keep the first n_test test examples (None: all)
     model: str = "hinton-student"  # preset trained by `fit`; the student of `distill`
-    teacher: str = "cnn-teacher"  # distill: teacher preset, trained once and cached
+    teacher: str = "hinton-teacher"  # distill: teacher preset (larger than model), cached
     teacher_checkpoint: str | None = None  # distill: a state dict of that preset to use instead
     loss: str = "kd"  # distill: a name from kdlib.distill.LOSS_NAMES
     T: float = 4.0  # distill: temperature of the soft targets
@@ -186,8 +186,10 @@ def main(argv: list[str] | None = None) -> tuple[nn.Module, History]:
             history = fit(student, data, **common)
         else:
             from ..distill import distill
+            from ..guards import assert_smaller
 
             teacher = _teacher(cfg, data, device)
+            assert_smaller(student, teacher)  # a student as large as its teacher: refused
             history = distill(
                 student, teacher, data, loss=cfg.loss, T=cfg.T, alpha=cfg.alpha, **common
             )
