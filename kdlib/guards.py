@@ -129,7 +129,8 @@ def assert_smaller(student: nn.Module, teacher: nn.Module) -> float:
     n_s, n_t = count_params(student), count_params(teacher)
     if n_s >= n_t:
         raise ValueError(
-            f"the student has {n_s:,} parameters and the teacher {n_t:,}: a student built "
-            "from the teacher's own architecture compresses nothing; give it fewer units or layers"
+            f"the student has {n_s:,} parameters and the teacher {n_t:,}: a student as large as "
+            "its teacher compresses nothing (one built from the teacher's own architecture, for "
+            "example); give it fewer units or layers, or pick a larger teacher"
         )
     return n_t / n_s
