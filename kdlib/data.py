@@ -67,8 +67,8 @@ class Dataset:
 
     def subset(self, n_train: int | None = None, n_test: int | None = None) -> Dataset:
         """The first ``n_train`` / ``n_test`` examples (for quick tests and demos)."""
-        n = {"X_train": n_train, "y_train": n_train, "X_test": n_test, "y_test": n_test}
-        return replace(self, **{k: getattr(self, k)[: n[k]] for k in n})
+        n = {"train": n_train, "test": n_test}
+        return replace(self, **{k: getattr(self, k)[: n[k[2:]]] for k in self._SPLITS})
 
     def unnormalize(self, X: torch.Tensor) -> torch.Tensor:
         """Undo the normalisation, for display."""
@@ -428,7 +428,10 @@ def _read_cifar10(path: Path):
 
         def batch(name: str):
             member = f"cifar-10-batches-py/{name}"
-            file = tar.extractfile(member) if member in tar.getnames() else None
+            try:
+                file = tar.extractfile(member)  # None for a member that is not a file
+            except KeyError:  # no such member
+                file = None
             if file is None:
                 raise DownloadError(f"{path} has no {member}")
             d = _NumpyOnlyUnpickler(file, encoding="bytes").load()

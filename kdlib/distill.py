@@ -240,8 +240,9 @@ def _teacher_cache(teacher: nn.Module, data: Dataset, cache: bool, given):
             f"classes: student and teacher must both output {C} logits"
         )
     t0 = time.perf_counter()
-    cached = predict(teacher, data.X_train) if cache and given is None else None
-    if given is not None:
+    if given is None:
+        cached = predict(teacher, data.X_train) if cache else None
+    else:
         if not isinstance(given, torch.Tensor):
             raise TypeError(f"teacher_logits must be a tensor, got {type(given).__name__}")
         if tuple(given.shape) != (n, C):

@@ -159,23 +159,28 @@ def get_features(
         >>> get_features(teacher, data.X_test[:8], ["stage2"])["stage2"].shape
         torch.Size([8, 32, 7, 7])
     """
-    return _features_and_outputs(model, X, names, batch_size)[0]
+    return _features_and_outputs(model, X, names, batch_size, outputs=False)[0]
 
 
 @torch.no_grad()
-def _features_and_outputs(model: nn.Module, X: Tensor, names, batch_size: int = 1000):
-    """:func:`get_features` and, from the same forwards, the outputs (``None`` unless tensors)."""
+def _features_and_outputs(
+    model: nn.Module, X: Tensor, names, batch_size: int = 1000, outputs: bool = True
+):
+    """:func:`get_features` and, with ``outputs``, the model's outputs from the same forwards
+    (``None`` without ``outputs``, or unless they are tensors)."""
     dev = V.device_of(model, X.device)
     chunks: dict[str, list[Tensor]] = {}
-    outputs = []
+    kept = []
     with V.eval_mode(model), FeatureCapture(model, names, detach=True) as cap:
         for i in range(0, len(X), batch_size):
-            outputs.append(model(X[i : i + batch_size].to(dev)))
+            out = model(X[i : i + batch_size].to(dev))
+            if outputs:
+                kept.append(out)
             for name in cap.names:
                 chunks.setdefault(name, []).append(cap.features[name])
     features = {name: torch.cat(parts) for name, parts in chunks.items()}
-    tensors = all(isinstance(z, Tensor) for z in outputs)
-    return features, torch.cat(outputs) if outputs and tensors else None
+    tensors = kept and all(isinstance(z, Tensor) for z in kept)
+    return features, torch.cat(kept) if tensors else None
 
 
 def attention_maps(
@@ -373,7 +378,7 @@ def distill_features(
         t0, cached, z_t = time.perf_counter(), None, None
         if cache:  # one pass of the teacher gives its features and logits
             cached, z_t = _features_and_outputs(teacher, data.X_train, t_names)
-        common["teacher_logits"] = distill_kwargs.get("teacher_logits", z_t)
+        common.setdefault("teacher_logits", z_t)
         cache_seconds = [time.perf_counter() - t0 if cache else 0.0]
         cap_t = None if cache else FeatureCapture(teacher, t_names, detach=True, role="teacher")
 
@@ -387,7 +392,7 @@ def distill_features(
         def stage(name: str, logit_loss, n: int, desc: str, **kwargs) -> None:
             start = len(history)
             distill(student, teacher, data, logit_loss, n, lr, desc=desc, **common, **kwargs)
-            cache_seconds.append(history.info.get("cache_seconds", 0.0))
+            cache_seconds.append(history.info["cache_seconds"])
             for row in history.rows[start:]:
                 row["stage"] = name
 

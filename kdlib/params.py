@@ -281,9 +281,10 @@ def distill_params(
     """
     V.number("tol", tol, 0, open_low=True)
     V.number("temperature T", T, 0, open_low=True)
-    V.pair(student, teacher)
     if strategy is not None:
-        inherit(student, teacher, strategy)
+        inherit(student, teacher, strategy)  # checks the pair too
+    else:
+        V.pair(student, teacher)
     history = History(info={"strategy": strategy, "tol": tol})
     z_t = predict(teacher, data.X_test)
     z_s = predict(student, data.X_test.to(z_t.device))

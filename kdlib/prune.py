@@ -59,21 +59,21 @@ def prunable_layers(model: nn.Module, layers: Iterable[str] | None = None) -> di
     return {n: found[n] for n in found if n in layers}
 
 
-def _count(amount, size: int, what: str, units: str = "weights") -> int:
-    """Entries ``amount`` asks to prune out of ``size`` left, as torch counts; never all."""
+def _check_amount(amount, size: int, what: str, units: str = "weights") -> None:
+    """Refuse an ``amount`` that is not a fraction in [0, 1] or a count in [0, size], or that
+    would prune all ``size`` remaining entries (for ``units="units"`` also when ``size`` is 0)."""
     if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
         raise TypeError(f"amount must be a float fraction or an int count, got {amount!r}")
     whole = isinstance(amount, numbers.Integral)
     if not 0 <= amount <= (size if whole else 1):
         kind = f"a count outside [0, {size}] for {what}" if whole else "a fraction outside [0, 1]"
         raise ValueError(f"amount={amount} is {kind}")
-    k = int(amount) if whole else round(float(amount) * size)
+    k = int(amount) if whole else round(float(amount) * size)  # as torch counts
     if k >= size and (size > 0 or units == "units"):  # a layer with nothing left computes nothing
         raise ValueError(
             f"amount={amount} would prune all {size} remaining {units} of {what}, leaving "
             f"nothing to compute with; {'keep at least one' if units == 'units' else 'use less'}"
         )
-    return k
 
 
 def _mask(module: nn.Module) -> torch.Tensor:
@@ -84,6 +84,17 @@ def _masked(modules: Iterable[nn.Module]) -> tuple[int, int]:
     """(masked, total) weights of ``modules``."""
     masks = [_mask(m) for m in modules]
     return sum(int((k == 0).sum()) for k in masks), sum(k.numel() for k in masks)
+
+
+def _sparsity(modules: Iterable[nn.Module]) -> float:
+    """Masked fraction of the weights of ``modules``."""
+    masked, total = _masked(modules)
+    return masked / total
+
+
+def _alive(layer: nn.Module) -> torch.Tensor:
+    """Which output units (rows) of ``layer`` keep an unmasked weight, ``(out,)`` bool."""
+    return _mask(layer).flatten(1).any(1)
 
 
 def _effective(module: nn.Module, name: str = "weight") -> torch.Tensor:
@@ -122,12 +133,13 @@ def magnitude_prune(
     chosen = prunable_layers(model, list(amount) if isinstance(amount, Mapping) else layers)
     amounts = amount if isinstance(amount, Mapping) else dict.fromkeys(chosen, amount)
     if scope == "global":
-        _count(amount, sum(int(_mask(m).sum()) for m in chosen.values()), "the chosen layers")
+        total = sum(int(_mask(m).sum()) for m in chosen.values())
+        _check_amount(amount, total, "the chosen layers")
         modules = [(m, "weight") for m in chosen.values()]
         torch_prune.global_unstructured(modules, torch_prune.L1Unstructured, amount=amount)
         return model
     for name, m in chosen.items():  # check every layer first: a bad amount changes nothing
-        _count(amounts[name], int(_mask(m).sum()), f"layer {name!r}")
+        _check_amount(amounts[name], int(_mask(m).sum()), f"layer {name!r}")
     for name, m in chosen.items():
         torch_prune.l1_unstructured(m, "weight", amount=amounts[name])
     return model
@@ -405,10 +417,10 @@ def structured_prune(
             raise ValueError(plan[n])
     chosen = {n: plan[n] for n in names}
     for n, g in chosen.items():
-        _count(amount, int(_mask(g.producer).flatten(1).any(1).sum()), f"layer {n!r}", "units")
+        _check_amount(amount, int(_alive(g.producer).sum()), f"layer {n!r}", "units")
     for g in chosen.values():
         torch_prune.ln_structured(g.producer, "weight", amount=amount, n=norm, dim=0)
-        keep = _mask(g.producer).flatten(1).any(1).to(g.producer.weight.dtype)
+        keep = _alive(g.producer).to(g.producer.weight.dtype)
         if g.producer.bias is not None:
             torch_prune.custom_from_mask(g.producer, "bias", keep)
         for _, bn in g.batchnorms:
@@ -546,8 +558,7 @@ def iterative_prune(
     if schedule not in ("cubic", "linear"):
         raise ValueError(f"schedule must be 'cubic' or 'linear', got {schedule!r}")
     chosen = prunable_layers(model, layers)
-    masked, total = _masked(chosen.values())
-    start = masked / total
+    start = _sparsity(chosen.values())
     if schedule == "cubic":
         cubic = agp_schedule(start, target_sparsity, 0, steps, 1)
         targets = [cubic(k) for k in range(1, steps + 1)]
@@ -561,9 +572,9 @@ def iterative_prune(
         step_seed = None if seed is None else seed + k
         fit(model, data, finetune_epochs, lr * lr_scale, seed=step_seed, progress=progress,
             history=history, desc=f"prune step {k}/{steps}", **fit_kwargs)  # fmt: skip
-        masked, total = _masked(chosen.values())
+        sparsity = _sparsity(chosen.values())
         for row in history.rows[first:]:
-            row["step"], row["sparsity"] = k, masked / total
+            row["step"], row["sparsity"] = k, sparsity
         history.rows[first]["pruned_acc"] = pruned_acc
         # a copy of every mask after this step, so a lesson can check that they only grow
         masks = {n: _mask(m).bool().clone() for n, m in chosen.items()}
@@ -610,13 +621,13 @@ class AGPSchedule:
             >>> hist = kdlib.fit(net, data, epochs=8, callbacks=[sched.callback()])
         """
         names = None if layers is None else list(layers)
+        times = set(self.times)
 
         def prune_on_schedule(model: nn.Module, history: History) -> None:
             chosen = prunable_layers(model, names)
-            if history.epochs in self.times:
+            if history.epochs in times:
                 prune_to_sparsity(model, self(history.epochs), scope=scope, layers=list(chosen))
-            masked, total = _masked(chosen.values())
-            history.rows[-1]["sparsity"] = masked / total
+            history.rows[-1]["sparsity"] = _sparsity(chosen.values())
 
         return prune_on_schedule
 
