@@ -258,9 +258,23 @@ def test_run_distill_refuses_a_student_as_large_as_its_teacher(tmp_path, monkeyp
     argv = ["distill", "--model", "lenet-300-100", "--teacher", "tiny", "--teacher_checkpoint",
             str(checkpoint), "--n_train", "64", "--n_test", "32", "--device", "cpu",
             "--out", str(tmp_path / "out")]  # fmt: skip
-    with pytest.raises(ValueError, match="266,610 parameters and the teacher 25,450"):
+    sizes = [kdlib.count_params(kdlib.model(n)) for n in ("lenet-300-100", "tiny")]
+    with pytest.raises(ValueError, match="{:,} parameters and the teacher {:,}".format(*sizes)):
         run.main(argv)
     assert not (tmp_path / "out").exists()  # refused before training, nothing written
+
+
+def test_run_distill_refuses_a_larger_student_before_training_its_teacher(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("the teacher was trained before the pair was checked")
+
+    monkeypatch.setattr(kdlib.course.recipes, "trained_teacher", must_not_train)
+    argv = ["distill", "--model", "lenet-300-100", "--teacher", "tiny", "--n_train", "64",
+            "--n_test", "32", "--device", "cpu"]  # fmt: skip
+    with pytest.raises(ValueError, match="compresses nothing"):
+        run.main(argv)
 
 
 def test_run_defaults_distill_into_a_smaller_student():

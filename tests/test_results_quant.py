@@ -83,16 +83,28 @@ def test_quant_section_from_the_command_line(capsys, monkeypatch, tmp_path, shor
         monkeypatch.setitem(results.RECIPES, preset, quick)
     monkeypatch.setattr(results, "QAT_EPOCHS", 1)
     monkeypatch.setattr(results, "SUMMARY_EPOCHS", 1)
-    calls = iter(range(1, 1000))  # every measurement slower than the last: ratios vary
-    monkeypatch.setattr(results, "compare_latency", lambda m, *a, **k: {n: next(calls) for n in m})
+    calls, timed = iter(range(1, 1000)), []  # every measurement slower than the last
+
+    def fake_latency(models, input_shape, batch, **kwargs):
+        timed.append((batch, {n: next(calls) for n in models}))
+        return timed[-1][1]
+
+    monkeypatch.setattr(results, "compare_latency", fake_latency)
     monkeypatch.setattr(quant, "compiled", lambda m, x: m)  # no compiling in a unit test
     assert results.main(["quant", "--seeds", "0", "1"]) == 0
     out = capsys.readouterr().out
     assert "| cnn-teacher | static int8, calibrated |" in out
     assert f"| {results.QUANT_MLP} | dynamic int8 |" in out
-    # six models per call, batch 1 then 256, three times: the third pair at batch 1 is models
-    # 5/6, 17/18, 29/30 (0.833, 0.944, 0.967), at batch 256 11/12, 23/24, 35/36
-    assert "| cnn-teacher, both compiled (oneDNN int8) | 0.83–0.97x | 0.92–0.97x |" in out
-    assert f"teacher {results.QAT_TEACHER}, 9.0x the student's parameters" in out
+    pair = "cnn-teacher, both compiled (oneDNN int8)"
+    spans = []  # the range of quantized / float over the repeated measurements, per batch size
+    for batch in (1, results.LATENCY_BATCH):
+        r = [t[f"{pair} q"] / t[f"{pair} f"] for b, t in timed if b == batch and f"{pair} q" in t]
+        assert len(r) == results.LATENCY_REPEATS and min(r) < max(r)
+        spans.append(f"{min(r):.2f}–{max(r):.2f}x")
+    assert f"| {pair} | {spans[0]} | {spans[1]} |" in out
+    ratio = kdlib.count_params(kdlib.model(results.QAT_TEACHER)) / kdlib.count_params(
+        kdlib.model(results.QUANT_MLP)
+    )
+    assert f"teacher {results.QAT_TEACHER}, {ratio:.1f}x the student's parameters" in out
     assert "| soft targets + labels |" in out and "per seed" in out
     assert "| pruned + distilled + int8 |" in out

@@ -21,8 +21,10 @@ import importlib
 from .recipes import RECIPES, Recipe, random_shift, train_preset, trained_teacher
 from .sweeps import DistillSweep, SparsitySweep, distill_sweep, sparsity_sweep
 
-__all__ = ["RECIPES", "Recipe", "train_preset", "trained_teacher", "DistillSweep", "SparsitySweep"]
-__all__ += ["distill_sweep", "sparsity_sweep", "random_shift"]
+__all__ = [
+    "RECIPES", "Recipe", "train_preset", "trained_teacher", "random_shift",
+    "DistillSweep", "SparsitySweep", "distill_sweep", "sparsity_sweep"
+]  # fmt: skip
 
 _SUBMODULES = {
     "checks", "exercises", "grade", "notebooks", "record", "results", "run", "sandbox", "viz",

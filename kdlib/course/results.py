@@ -1367,19 +1367,26 @@ def quant_pipeline(
     ]
 
 
+def _timings(models: dict[str, nn.Module], input_shape) -> dict[int, list[dict[str, float]]]:
+    """``{batch: [{name: seconds}, one per repeat]}`` at batch 1 and :data:`LATENCY_BATCH`:
+    :data:`LATENCY_REPEATS` measurements, each timing every model in turns."""
+    out: dict[int, list[dict[str, float]]] = {1: [], LATENCY_BATCH: []}
+    for _ in range(LATENCY_REPEATS):
+        for batch in out:
+            out[batch].append(compare_latency(models, input_shape, batch, rounds=5))
+    return out
+
+
 def _latency_ratios(pairs: dict[str, tuple[nn.Module, nn.Module]], input_shape) -> dict:
     """``{name: {batch: [quantized / float seconds, one per repeat]}}`` for (quantized, float)
-    pairs: :data:`LATENCY_REPEATS` measurements, each timing every model in turns."""
+    pairs, from :func:`_timings`."""
     models = {}
     for name, (q, f) in pairs.items():
         models[f"{name} q"], models[f"{name} f"] = q, f
-    out: dict[str, dict[int, list[float]]] = {n: {1: [], LATENCY_BATCH: []} for n in pairs}
-    for _ in range(LATENCY_REPEATS):
-        for batch in (1, LATENCY_BATCH):
-            t = compare_latency(models, input_shape, batch, rounds=5)
-            for name in pairs:
-                out[name][batch].append(t[f"{name} q"] / t[f"{name} f"])
-    return out
+    times = _timings(models, input_shape)
+    return {
+        n: {b: [t[f"{n} q"] / t[f"{n} f"] for t in ts] for b, ts in times.items()} for n in pairs
+    }
 
 
 def _span(ratios: Sequence[float]) -> str:
@@ -1440,7 +1447,7 @@ def _quant_section(args: argparse.Namespace) -> str:
     ]
     qat_teacher = trained_teacher(data, preset=QAT_TEACHER)
     qat = qat_runs(data, qat_teacher, seeds)
-    ratio = count_params(qat_teacher) / count_params(build_model(QUANT_MLP))
+    ratio = assert_smaller(mlp, qat_teacher)  # teacher / student parameters
     out += [
         "",
         f"{QAT_BITS}-bit quantization-aware training of {QUANT_MLP} ({QAT_EPOCHS} epochs, "
@@ -1466,12 +1473,8 @@ def _quant_section(args: argparse.Namespace) -> str:
     except Exception:
         how = "eager (int8 simulated)"
     base = rows[0]["stage"]
-    lat = {b: {n: [] for n in timed} for b in (1, LATENCY_BATCH)}
-    for _ in range(LATENCY_REPEATS):
-        for b in lat:
-            t = compare_latency(timed, data.input_shape, b, rounds=5)
-            for n in timed:
-                lat[b][n].append(t[n] / t[base])
+    times = _timings(timed, data.input_shape)
+    lat = {b: {n: [t[n] / t[base] for t in ts] for n in timed} for b, ts in times.items()}
     out += [
         "",
         f"Prune → distill → quantize (seed {seeds[0]}; keep {SUMMARY_KEEP:.0%} of the units, "

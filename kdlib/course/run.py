@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import parallel
 from ..data import load
+from ..guards import assert_smaller
 from ..models import model as build_model
 from ..train import History, fit
 from ..validate import atomic_path
@@ -123,12 +124,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _teacher(cfg: RunConfig, data, device: torch.device) -> nn.Module:
+def _teacher(cfg: RunConfig, data, device: torch.device, student: nn.Module) -> nn.Module:
+    """The teacher preset, trained (cached) or from its checkpoint; a student that is not
+    smaller than it is refused first, before any training."""
+    teacher = build_model(cfg.teacher, input_shape=data.input_shape, num_classes=data.num_classes)
+    assert_smaller(student, teacher)  # a student as large as its teacher compresses nothing
     if cfg.teacher_checkpoint is None:
         from .recipes import trained_teacher
 
         return trained_teacher(data, preset=cfg.teacher, device=device)
-    teacher = build_model(cfg.teacher, input_shape=data.input_shape, num_classes=data.num_classes)
     state = torch.load(cfg.teacher_checkpoint, map_location="cpu", weights_only=True)
     teacher.load_state_dict(state)
     return teacher.to(device).eval()
@@ -186,10 +190,8 @@ def main(argv: list[str] | None = None) -> tuple[nn.Module, History]:
             history = fit(student, data, **common)
         else:
             from ..distill import distill
-            from ..guards import assert_smaller
 
-            teacher = _teacher(cfg, data, device)
-            assert_smaller(student, teacher)  # a student as large as its teacher: refused
+            teacher = _teacher(cfg, data, device, student)
             history = distill(
                 student, teacher, data, loss=cfg.loss, T=cfg.T, alpha=cfg.alpha, **common
             )
